@@ -1,0 +1,350 @@
+"""Configuration: one TOML file plus KIOSK_... environment overrides, validated by pydantic.
+
+Secrets are never inline: the file names paths to key files, and only the loaded key objects
+(not their text) travel further. Errors name the key path, e.g. `catalog.slots[2].price`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from kiosk.money import CURRENCY_EXPONENTS
+
+DEFAULT_CONFIG_PATH = Path("/etc/kiosk/kiosk.toml")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- catalog
+
+
+class PulseDelivery(Strict):
+    mode: Literal["pulse"] = "pulse"
+    ms: int = Field(gt=0, le=60_000)
+
+
+class PulsesDelivery(Strict):
+    mode: Literal["pulses"]
+    count: int = Field(gt=0, le=100)
+    ms: int = Field(gt=0, le=60_000)
+    gap_ms: int = Field(default=200, gt=0, le=60_000)
+
+
+class HoldDelivery(Strict):
+    mode: Literal["hold"]
+    s: float = Field(gt=0, le=3600)
+
+
+Delivery = Annotated[PulseDelivery | PulsesDelivery | HoldDelivery, Field(discriminator="mode")]
+
+
+class DeliveryConfirm(Strict):
+    """An input that goes active when the product has left the machine (drop sensor)."""
+
+    pin: int | str
+    timeout_s: float = Field(default=5.0, gt=0, le=600)
+    active_high: bool = False
+
+
+class SlotNames(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    en: str = Field(min_length=1, max_length=40)
+    zh_hans: str = Field(alias="zh-Hans", min_length=1, max_length=24)
+
+
+class Slot(Strict):
+    id: str = Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_-]+$")
+    names: SlotNames
+    price: int = Field(gt=0, description="price in ISO 4217 minor units (350 = 3.50 USD)")
+    currency: str
+    relay: int | str = Field(description="GPIO pin of the relay that delivers this slot")
+    relay_active_high: bool = True
+    delivery: Delivery = PulseDelivery(ms=500)
+    confirm: DeliveryConfirm | None = None
+    button: int | str | None = Field(default=None, description="GPIO pin of this slot's button")
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if value not in CURRENCY_EXPONENTS:
+            raise ValueError(f"{value!r} is not an ISO 4217 currency this kiosk knows (upper case, e.g. USD)")
+        return value
+
+
+class Catalog(Strict):
+    slots: list[Slot] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Catalog:
+        seen: set[str] = set()
+        for slot in self.slots:
+            if slot.id in seen:
+                raise ValueError(f"slot id {slot.id!r} appears twice")
+            seen.add(slot.id)
+        return self
+
+    def slot(self, slot_id: str) -> Slot:
+        for slot in self.slots:
+            if slot.id == slot_id:
+                return slot
+        raise KeyError(slot_id)
+
+
+class SelectionMode(enum.StrEnum):
+    SINGLE = "single"  # the kiosk always offers the one product
+    BUTTONS = "buttons"  # one GPIO button per slot
+
+
+class Selection(Strict):
+    mode: SelectionMode = SelectionMode.BUTTONS
+    cancel_button: int | str | None = None
+    button_active_high: bool = False
+    bounce_s: float = Field(default=0.05, ge=0, le=2)
+    payment_timeout_s: float = Field(default=120, gt=0, le=7200)
+    # How long result screens (thank you, refunded, cancelled) stay before the idle screen.
+    result_screen_s: float = Field(default=4, ge=0, le=120)
+
+
+# ---------------------------------------------------------------- payments
+
+
+class AlipayConfig(Strict):
+    gateway_url: str = "https://openapi.alipay.com/gateway.do"
+    app_id: str = Field(min_length=1)
+    app_private_key_file: Path
+    alipay_public_key_file: Path
+    seller_id: str | None = None
+    timeout_s: float = Field(default=10, gt=0, le=120)
+    poll_interval_s: float = Field(default=2, gt=0, le=30)
+
+
+class PaymentsConfig(Strict):
+    provider: Literal["alipay"] = "alipay"
+    alipay: AlipayConfig | None = None
+    subject_prefix: str = "Kiosk"
+
+    @model_validator(mode="after")
+    def _provider_configured(self) -> PaymentsConfig:
+        if getattr(self, self.provider) is None:
+            raise ValueError(
+                f"provider {self.provider!r} is selected but [payments.{self.provider}] is missing"
+            )
+        return self
+
+
+# ---------------------------------------------------------------- devices
+
+
+class DisplayConfig(Strict):
+    type: Literal["png"] = "png"
+    dir: Path = Path("/var/lib/kiosk/frames")
+    width: int = Field(default=800, ge=64, le=4096)
+    height: int = Field(default=480, ge=64, le=4096)
+    keep_frames: bool = Field(default=True, description="write every frame, not only the last one")
+
+
+class ScannerConfig(Strict):
+    type: Literal["none", "pty", "serial"] = "none"
+    port: str | None = None
+    baudrate: int = 9600
+
+
+class GpioConfig(Strict):
+    pin_factory: Literal["mock", "lgpio", "rpigpio", "native"] = "mock"
+
+
+class ScreensConfig(Strict):
+    font_path: Path = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
+
+
+# ---------------------------------------------------------------- storage and fleet
+
+
+class JournalConfig(Strict):
+    path: Path = Path("/var/lib/kiosk/journal.sqlite")
+
+
+class RecoveryPolicy(enum.StrEnum):
+    REFUND = "refund"
+    DELIVER = "deliver"
+
+
+class RecoveryConfig(Strict):
+    # After a crash with a verified payment and an unknown delivery.
+    paid_undelivered: RecoveryPolicy = RecoveryPolicy.REFUND
+
+
+class MqttConfig(Strict):
+    url: str | None = Field(default=None, description="mqtt://host:port; none = queue only")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    topic_prefix: str = "kiosk/v1"
+
+
+class OutboxConfig(Strict):
+    path: Path = Path("/var/lib/kiosk/outbox.sqlite")
+
+
+class DeviceIdentity(Strict):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    fleet: str = Field(default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+# ---------------------------------------------------------------- the whole file
+
+
+class KioskConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KIOSK_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    device: DeviceIdentity
+    catalog: Catalog
+    selection: Selection = Selection()
+    payments: PaymentsConfig
+    display: DisplayConfig = DisplayConfig()
+    scanner: ScannerConfig = ScannerConfig()
+    gpio: GpioConfig = GpioConfig()
+    screens: ScreensConfig = ScreensConfig()
+    journal: JournalConfig = JournalConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+
+    @model_validator(mode="after")
+    def _selection_matches_catalog(self) -> KioskConfig:
+        if self.selection.mode is SelectionMode.SINGLE and len(self.catalog.slots) != 1:
+            raise ValueError("selection.mode = 'single' needs exactly one slot in catalog.slots")
+        if self.selection.mode is SelectionMode.BUTTONS:
+            missing = [s.id for s in self.catalog.slots if s.button is None]
+            if missing:
+                raise ValueError(f"selection.mode = 'buttons' needs a button for slots {missing}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _toml_path_for_load.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+# pydantic-settings reads the TOML path from the class; a module-level slot keeps load() re-entrant
+# enough for a single-threaded CLI and tests without subclassing per call.
+_toml_path_for_load: dict[str, Path | None] = {"path": None}
+
+
+class ConfigError(Exception):
+    """Every problem in a config file, each as `key.path: message`."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"pulse", "pulses", "hold"} or part.startswith("function-"):
+            # discriminated-union tags are not keys in the file
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out or "(file)"
+
+
+def _friendly(message: str) -> str:
+    message = message.removeprefix("Value error, ").replace("Input should be", "must be")
+    return message[0].lower() + message[1:] if message else message
+
+
+def problems_of(error: ValidationError) -> list[str]:
+    return [f"{_key_path(tuple(e['loc']))}: {_friendly(e['msg'])}" for e in error.errors()]
+
+
+def load_config(path: Path, **overrides: Any) -> KioskConfig:
+    """Load and validate; raise ConfigError listing every problem with its key path."""
+    if not path.is_file():
+        raise ConfigError(str(path), [f"(file): config file {path} does not exist"])
+    try:
+        with path.open("rb") as fh:
+            tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"(file): not valid TOML: {exc}"]) from None
+    _toml_path_for_load["path"] = path
+    try:
+        config = KioskConfig(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(str(path), problems_of(exc)) from None
+    finally:
+        _toml_path_for_load["path"] = None
+    return _resolve_relative_paths(config, path.parent)
+
+
+def _resolve_relative_paths(config: KioskConfig, base: Path) -> KioskConfig:
+    """Relative paths in a config file are relative to the file, so a checkout runs anywhere."""
+
+    def fix(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    updates: dict[str, Any] = {
+        "display": config.display.model_copy(update={"dir": fix(config.display.dir)}),
+        "journal": config.journal.model_copy(update={"path": fix(config.journal.path)}),
+        "outbox": config.outbox.model_copy(update={"path": fix(config.outbox.path)}),
+        "screens": config.screens.model_copy(update={"font_path": fix(config.screens.font_path)}),
+    }
+    if config.payments.alipay is not None:
+        ali = config.payments.alipay
+        updates["payments"] = config.payments.model_copy(
+            update={
+                "alipay": ali.model_copy(
+                    update={
+                        "app_private_key_file": fix(ali.app_private_key_file),
+                        "alipay_public_key_file": fix(ali.alipay_public_key_file),
+                    }
+                )
+            }
+        )
+    return config.model_copy(update=updates)
+
+
+def check_files(config: KioskConfig) -> list[str]:
+    """Problems a valid schema can still have: files that must exist to start."""
+    problems: list[str] = []
+    if config.payments.alipay is not None:
+        for key in ("app_private_key_file", "alipay_public_key_file"):
+            p: Path = getattr(config.payments.alipay, key)
+            if not p.is_file():
+                problems.append(f"payments.alipay.{key}: file {p} does not exist")
+            elif key == "app_private_key_file" and os.name == "posix" and p.stat().st_mode & 0o077:
+                problems.append(f"payments.alipay.{key}: {p} is readable by others; chmod 600 it")
+    if not config.screens.font_path.is_file():
+        problems.append(
+            f"screens.font_path: font {config.screens.font_path} not found "
+            "(install fonts-wqy-microhei or fonts-noto-cjk, or point to a CJK font)"
+        )
+    return problems

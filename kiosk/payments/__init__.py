@@ -1,0 +1,1 @@
+"""Wallet payment providers behind one interface (see base.py)."""

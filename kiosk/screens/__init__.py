@@ -1,0 +1,1 @@
+"""What the tourist sees: screen descriptions (model.py) rendered to Pillow images (render.py)."""
