@@ -1,0 +1,187 @@
+"""The sale journal: every sale and each of its state changes, durable before anything happens.
+
+SQLite in WAL mode with synchronous=FULL: a commit returns only after the WAL is on disk, so a
+row written before a side effect survives a power cut that happens during the side effect.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kiosk.sale import FINAL_STATES, CloseReason, Sale, SaleState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sales (
+    order_id        TEXT PRIMARY KEY,
+    slot_id         TEXT NOT NULL,
+    amount_minor    INTEGER NOT NULL,
+    currency        TEXT NOT NULL,
+    provider        TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    close_reason    TEXT,
+    refund_id       TEXT,
+    provider_txn_id TEXT,
+    qr_content      TEXT,
+    detail          TEXT,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sale_events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id  TEXT NOT NULL REFERENCES sales(order_id),
+    state     TEXT NOT NULL,
+    at        TEXT NOT NULL,
+    note      TEXT
+);
+CREATE INDEX IF NOT EXISTS sale_events_order ON sale_events(order_id);
+CREATE INDEX IF NOT EXISTS sales_state ON sales(state);
+"""
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class SaleRecord:
+    order_id: str
+    slot_id: str
+    amount_minor: int
+    currency: str
+    provider: str
+    state: SaleState
+    close_reason: CloseReason | None
+    refund_id: str | None
+    provider_txn_id: str | None
+    qr_content: str | None
+    detail: str | None
+    created_at: str
+    updated_at: str
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_sale(self) -> Sale:
+        return Sale(
+            state=self.state,
+            order_id=self.order_id,
+            slot_id=self.slot_id,
+            amount_minor=self.amount_minor,
+            currency=self.currency,
+            qr_content=self.qr_content,
+            provider_txn_id=self.provider_txn_id,
+            close_reason=self.close_reason,
+            refund_id=self.refund_id,
+            detail=self.detail,
+            history=(self.state,),
+        )
+
+
+@dataclass(frozen=True)
+class SaleEvent:
+    order_id: str
+    state: SaleState
+    at: str
+    note: dict[str, object] | None
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so each record is one transaction.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @staticmethod
+    def new_order_id(prefix: str = "K") -> str:
+        """Unique across restarts and devices, <= 32 alphanumerics (WeChat's limit)."""
+        stamp = datetime.now(UTC).strftime("%y%m%d%H%M%S")
+        return f"{prefix[:6]}{stamp}{secrets.token_hex(6)}"
+
+    def record(self, sale: Sale, provider: str, note: dict[str, object] | None = None) -> None:
+        """Write the sale's current state and one event row, durably, in one transaction."""
+        if sale.order_id is None or sale.slot_id is None:
+            raise ValueError("only a sale with an order id can be journaled")
+        now = utc_now_iso()
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute(
+                """INSERT INTO sales (order_id, slot_id, amount_minor, currency, provider, state,
+                       close_reason, refund_id, provider_txn_id, qr_content, detail, created_at, updated_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT(order_id) DO UPDATE SET state=excluded.state,
+                       close_reason=excluded.close_reason, refund_id=excluded.refund_id,
+                       provider_txn_id=excluded.provider_txn_id, qr_content=excluded.qr_content,
+                       detail=excluded.detail, updated_at=excluded.updated_at""",
+                (
+                    sale.order_id, sale.slot_id, sale.amount_minor, sale.currency, provider,
+                    sale.state.value, sale.close_reason.value if sale.close_reason else None,
+                    sale.refund_id, sale.provider_txn_id, sale.qr_content, sale.detail, now, now,
+                ),
+            )
+            cur.execute(
+                "INSERT INTO sale_events (order_id, state, at, note) VALUES (?,?,?,?)",
+                (sale.order_id, sale.state.value, now, json.dumps(note) if note else None),
+            )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def get(self, order_id: str) -> SaleRecord | None:
+        row = self._db.execute("SELECT * FROM sales WHERE order_id = ?", (order_id,)).fetchone()
+        return _to_record(row) if row else None
+
+    def unfinished(self) -> list[SaleRecord]:
+        finals = tuple(s.value for s in FINAL_STATES)
+        rows = self._db.execute(
+            f"SELECT * FROM sales WHERE state NOT IN ({','.join('?' * len(finals))}) ORDER BY created_at",
+            finals,
+        ).fetchall()
+        return [_to_record(r) for r in rows]
+
+    def sales(self, limit: int = 100) -> list[SaleRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM sales ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [_to_record(r) for r in rows]
+
+    def events(self, order_id: str) -> list[SaleEvent]:
+        rows = self._db.execute(
+            "SELECT order_id, state, at, note FROM sale_events WHERE order_id = ? ORDER BY id", (order_id,)
+        ).fetchall()
+        return [SaleEvent(r[0], SaleState(r[1]), r[2], json.loads(r[3]) if r[3] else None) for r in rows]
+
+
+def _to_record(row: tuple[object, ...]) -> SaleRecord:
+    (order_id, slot_id, amount, currency, provider, state, reason, refund_id, txn, qr, detail,
+     created, updated) = row
+    return SaleRecord(
+        order_id=str(order_id),
+        slot_id=str(slot_id),
+        amount_minor=int(amount),  # type: ignore[call-overload]
+        currency=str(currency),
+        provider=str(provider),
+        state=SaleState(str(state)),
+        close_reason=CloseReason(str(reason)) if reason else None,
+        refund_id=str(refund_id) if refund_id else None,
+        provider_txn_id=str(txn) if txn else None,
+        qr_content=str(qr) if qr else None,
+        detail=str(detail) if detail else None,
+        created_at=str(created),
+        updated_at=str(updated),
+    )

@@ -1,0 +1,299 @@
+"""Carries out a sale's commands: journal first, then the side effect, then the next event.
+
+Used by the engine for live sales and by recovery for sales a crash left unfinished, so both
+paths move money and goods through exactly the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from devices.base import Input, Relay
+from kiosk.config import HoldDelivery, PulseDelivery, PulsesDelivery, Slot
+from kiosk.journal import Journal
+from kiosk.payments.base import (
+    Order,
+    OutcomeUnknown,
+    PaymentError,
+    PaymentRejected,
+    PaymentState,
+    PaymentStatus,
+    Provider,
+)
+from kiosk.sale import (
+    BeginDelivery,
+    CloseOrder,
+    Command,
+    CreateQr,
+    Deliver,
+    DeliveryConfirmed,
+    DeliveryFailed,
+    DeliveryStarted,
+    Event,
+    Finished,
+    OrderClosed,
+    OrderFailed,
+    PaymentVerified,
+    QrReady,
+    Refund,
+    RefundConfirmed,
+    Sale,
+    SaleState,
+)
+
+log = logging.getLogger(__name__)
+
+# Told of every state change after it is journaled (screens, the demo's timeline).
+Listener = Callable[[Sale, str], Awaitable[None] | None]
+
+
+class Unresolved(Exception):
+    """The provider could not be reached to finish this step; the journal keeps the sale open
+    and the reconciler tries again later."""
+
+
+@dataclass
+class Retry:
+    attempts: int = 5
+    first_delay_s: float = 1.0
+    max_delay_s: float = 15.0
+
+    def delays(self) -> list[float]:
+        out, d = [], self.first_delay_s
+        for _ in range(self.attempts - 1):
+            out.append(d)
+            d = min(d * 2, self.max_delay_s)
+        return out
+
+
+class SaleRunner:
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        provider: Provider,
+        slots: dict[str, Slot],
+        relays: dict[str, Relay],
+        sensors: dict[str, Input],
+        emit_event: Callable[[str, dict[str, object], bool], None],
+        clock: Callable[[], float],
+        payment_timeout_s: float,
+        subject_prefix: str = "Kiosk",
+        retry: Retry | None = None,
+        listener: Listener | None = None,
+    ) -> None:
+        self._journal = journal
+        self._provider = provider
+        self._slots = slots
+        self._relays = relays
+        self._sensors = sensors
+        self._emit_event = emit_event
+        self._clock = clock
+        self._timeout_s = payment_timeout_s
+        self._subject_prefix = subject_prefix
+        self._retry = retry or Retry()
+        self._listeners: list[Listener] = [listener] if listener else []
+        self.sale = Sale()
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def order(self, sale: Sale | None = None) -> Order:
+        sale = sale or self.sale
+        assert sale.order_id is not None and sale.slot_id is not None
+        slot = self._slots[sale.slot_id]
+        return Order(
+            order_id=sale.order_id,
+            amount_minor=sale.amount_minor,
+            currency=sale.currency,
+            subject=f"{self._subject_prefix} {slot.names.en}",
+        )
+
+    def adopt(self, sale: Sale) -> None:
+        """Take over a sale restored from the journal (recovery)."""
+        self.sale = sale
+
+    async def step(self, event: Event, note: dict[str, object] | None = None) -> None:
+        """Apply an event; journal a changed state before running the commands it produced."""
+        before = self.sale
+        sale, commands = before.handle(event)
+        if sale is before:
+            return
+        if sale.state is not before.state or sale.order_id != before.order_id:
+            self._journal.record(sale, self._provider.name, note)
+        self.sale = sale
+        detail = type(event).__name__
+        for listener in self._listeners:
+            result = listener(sale, detail)
+            if inspect.isawaitable(result):
+                await result
+        for command in commands:
+            await self._run(command)
+
+    async def _run(self, command: Command) -> None:
+        match command:
+            case CreateQr():
+                await self._create_qr()
+            case CloseOrder():
+                await self._close()
+            case BeginDelivery():
+                await self.step(DeliveryStarted(self._clock()))
+            case Deliver(slot_id=slot_id):
+                await self._deliver(slot_id)
+            case Refund(refund_id=refund_id):
+                await self._refund(refund_id)
+            case Finished(state=state):
+                self._report(state)
+
+    # ------------------------------------------------------------ payments
+
+    async def _create_qr(self) -> None:
+        try:
+            qr = await self._provider.create_qr(self.order())
+        except PaymentError as exc:
+            log.warning("order %s: could not create the QR: %s", self.sale.order_id, exc)
+            await self.step(OrderFailed(str(exc), self._clock()))
+            return
+        await self.step(QrReady(qr.qr_content, self._clock(), self._timeout_s))
+
+    async def query(self) -> PaymentStatus | None:
+        """One status query; None when the outcome stays unknown (the caller polls again)."""
+        try:
+            return await self._provider.query(self.order())
+        except OutcomeUnknown as exc:
+            log.warning("order %s: query outcome unknown: %s", self.sale.order_id, exc)
+            return None
+        except PaymentRejected as exc:
+            log.warning("order %s: query rejected: %s", self.sale.order_id, exc)
+            return None
+
+    async def _close(self) -> None:
+        order = self.order()
+        last_error: Exception | None = None
+        for delay in [*self._retry.delays(), None]:
+            try:
+                outcome = await self._provider.cancel(order)
+            except PaymentError as exc:
+                last_error = exc
+                log.warning("order %s: close failed: %s", order.order_id, exc)
+            else:
+                await self.step(OrderClosed(outcome.refunded, self._clock()))
+                return
+            if delay is not None:
+                await asyncio.sleep(delay)
+        raise Unresolved(f"order {order.order_id} could not be closed: {last_error}")
+
+    async def _refund(self, refund_id: str) -> None:
+        order = self.order()
+        last_error: Exception | None = None
+        for delay in [*self._retry.delays(), None]:
+            try:
+                # The same refund id on every retry: the provider refunds it once.
+                await self._provider.refund(order, refund_id)
+            except PaymentError as exc:
+                last_error = exc
+                log.warning("order %s: refund %s failed: %s", order.order_id, refund_id, exc)
+            else:
+                await self.step(RefundConfirmed(self._clock()), {"refund_id": refund_id})
+                return
+            if delay is not None:
+                await asyncio.sleep(delay)
+        raise Unresolved(f"order {order.order_id} refund {refund_id} not confirmed: {last_error}")
+
+    async def verified_paid(self, status: PaymentStatus) -> bool:
+        """Step to PAID on a provider-verified success whose amount and currency are ours too."""
+        if status.state is not PaymentState.PAID:
+            return False
+        sale = self.sale
+        if (
+            status.order_id != sale.order_id
+            or status.amount_minor != sale.amount_minor
+            or status.currency != sale.currency
+        ):
+            # The provider layer checks this already; a second look costs nothing and a bug
+            # there must not turn into a delivery on someone else's payment.
+            log.error("order %s: paid status does not match the sale; ignored", sale.order_id)
+            return False
+        await self.step(PaymentVerified(status.provider_txn_id, self._clock()))
+        return True
+
+    # ------------------------------------------------------------ delivery
+
+    async def _deliver(self, slot_id: str) -> None:
+        slot = self._slots[slot_id]
+        relay = self._relays[slot_id]
+        sensor = self._sensors.get(slot_id)
+        # Arm the sensor before the relay moves: a fast drop must not be missed.
+        confirmed: asyncio.Task[bool] | None = None
+        if sensor is not None and slot.confirm is not None:
+            confirmed = asyncio.create_task(sensor.wait_active(self._delivery_window(slot)))
+        try:
+            await self._move_relay(slot, relay)
+        except Exception as exc:  # a relay driver failure must end in a refund, not a crash
+            if confirmed is not None:
+                confirmed.cancel()
+            log.error("slot %s: relay failed: %s", slot_id, exc)
+            await self.step(DeliveryFailed(f"relay failed: {exc}", self._clock()))
+            return
+        if confirmed is None or await confirmed:
+            await self.step(DeliveryConfirmed(self._clock()))
+        else:
+            await self.step(DeliveryFailed("no drop detected", self._clock()))
+
+    @staticmethod
+    def _delivery_window(slot: Slot) -> float:
+        assert slot.confirm is not None
+        match slot.delivery:
+            case PulseDelivery(ms=ms):
+                active = ms / 1000
+            case PulsesDelivery(count=count, ms=ms, gap_ms=gap):
+                active = (count * ms + (count - 1) * gap) / 1000
+            case HoldDelivery(s=s):
+                active = s
+        return active + slot.confirm.timeout_s
+
+    @staticmethod
+    async def _move_relay(slot: Slot, relay: Relay) -> None:
+        match slot.delivery:
+            case PulseDelivery(ms=ms):
+                await relay.pulse(ms)
+            case PulsesDelivery(count=count, ms=ms, gap_ms=gap):
+                await relay.pulses(count, ms, gap)
+            case HoldDelivery(s=s):
+                await relay.hold(s)
+
+    async def force_delivery_outcome(self, deliver: bool, reason: str) -> None:
+        """Recovery of a paid sale whose delivery is unknown: deliver again or refund, by policy."""
+        if self.sale.state is SaleState.PAID and deliver:
+            await self.step(DeliveryStarted(self._clock()), {"recovery": reason})
+        elif deliver and self.sale.state is SaleState.DELIVERING:
+            await self._deliver(self.sale.slot_id or "")
+        else:
+            await self.step(DeliveryFailed(reason, self._clock()), {"recovery": reason})
+
+    # ------------------------------------------------------------ reporting
+
+    def _report(self, state: SaleState) -> None:
+        sale = self.sale
+        data: dict[str, object] = {
+            "order_id": sale.order_id,
+            "slot_id": sale.slot_id,
+            "amount_minor": sale.amount_minor,
+            "currency": sale.currency,
+            "provider": self._provider.name,
+            "state": state.value,
+            "provider_txn_id": sale.provider_txn_id,
+        }
+        if state is SaleState.DONE:
+            self._emit_event("sale", data, True)
+        elif state is SaleState.REFUNDED:
+            data["refund_id"] = sale.refund_id
+            data["reason"] = sale.detail or (sale.close_reason.value if sale.close_reason else None)
+            self._emit_event("refund", data, True)
+        else:
+            data["reason"] = sale.close_reason.value if sale.close_reason else None
+            self._emit_event("sale_closed", data, False)
