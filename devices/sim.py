@@ -41,7 +41,8 @@ class SimulatedMachine:
 
         def change_state(value: bool) -> bool:
             changed: bool = original(value)
-            if changed and value == slot.relay_active_high and slot.sensor_pin is not None and slot_id not in self.jammed:
+            energized = changed and value == slot.relay_active_high
+            if energized and slot.sensor_pin is not None and slot_id not in self.jammed:
                 threading.Timer(self._delay, self._drop, args=(slot_id, slot)).start()
             return changed
 

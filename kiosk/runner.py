@@ -99,6 +99,10 @@ class SaleRunner:
         self._listeners: list[Listener] = [listener] if listener else []
         self.sale = Sale()
 
+    @property
+    def provider_name(self) -> str:
+        return self._provider.name
+
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
@@ -139,13 +143,13 @@ class SaleRunner:
             case CreateQr():
                 await self._create_qr()
             case CloseOrder():
-                await self._close()
+                await self.close_order()
             case BeginDelivery():
                 await self.step(DeliveryStarted(self._clock()))
             case Deliver(slot_id=slot_id):
                 await self._deliver(slot_id)
             case Refund(refund_id=refund_id):
-                await self._refund(refund_id)
+                await self.refund(refund_id)
             case Finished(state=state):
                 self._report(state)
 
@@ -171,7 +175,8 @@ class SaleRunner:
             log.warning("order %s: query rejected: %s", self.sale.order_id, exc)
             return None
 
-    async def _close(self) -> None:
+    async def close_order(self) -> None:
+        """Close the order at the provider (idempotent); steps to a final state when confirmed."""
         order = self.order()
         last_error: Exception | None = None
         for delay in [*self._retry.delays(), None]:
@@ -187,7 +192,8 @@ class SaleRunner:
                 await asyncio.sleep(delay)
         raise Unresolved(f"order {order.order_id} could not be closed: {last_error}")
 
-    async def _refund(self, refund_id: str) -> None:
+    async def refund(self, refund_id: str) -> None:
+        """Refund in full with this refund id (reused on every retry); steps to REFUNDED."""
         order = self.order()
         last_error: Exception | None = None
         for delay in [*self._retry.delays(), None]:
@@ -267,13 +273,16 @@ class SaleRunner:
                 await relay.hold(s)
 
     async def force_delivery_outcome(self, deliver: bool, reason: str) -> None:
-        """Recovery of a paid sale whose delivery is unknown: deliver again or refund, by policy."""
-        if self.sale.state is SaleState.PAID and deliver:
-            await self.step(DeliveryStarted(self._clock()), {"recovery": reason})
-        elif deliver and self.sale.state is SaleState.DELIVERING:
-            await self._deliver(self.sale.slot_id or "")
+        """Recovery of a paid sale whose delivery is unknown: deliver (again) or refund, by policy.
+        The choice is journaled before it is carried out."""
+        note: dict[str, object] = {"recovery": reason, "policy": "deliver" if deliver else "refund"}
+        self._journal.record(self.sale, self._provider.name, note)
+        if deliver and self.sale.state is SaleState.PAID:
+            await self.step(DeliveryStarted(self._clock()), note)
+        elif deliver and self.sale.state is SaleState.DELIVERING and self.sale.slot_id is not None:
+            await self._deliver(self.sale.slot_id)
         else:
-            await self.step(DeliveryFailed(reason, self._clock()), {"recovery": reason})
+            await self.step(DeliveryFailed(reason, self._clock()), note)
 
     # ------------------------------------------------------------ reporting
 

@@ -1,0 +1,195 @@
+"""The daemon: builds devices, journal, outbox, provider and engine from the config and runs them.
+
+Start-up order matters for money: the journal and outbox open first, then recovery finishes
+whatever a previous run left open, and only then does the engine offer anything for sale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from devices.gpio import ButtonBank, GpioInput, GpioRelay, install_pin_factory
+from devices.png import PngDisplay
+from devices.scanner import PtyScanner, SerialScanner
+from kiosk.config import KioskConfig, SelectionMode
+from kiosk.engine import CANCEL, Engine
+from kiosk.fleet.link import FleetLink
+from kiosk.fleet.outbox import Outbox
+from kiosk.fleet.topics import Topics
+from kiosk.journal import Journal
+from kiosk.payments.base import Provider
+from kiosk.recovery import Recovery
+from kiosk.runner import Listener, SaleRunner
+from kiosk.screens.model import Screen, ScreenKind
+from kiosk.screens.render import ScreenRenderer
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The kiosk cannot start as configured; the message says what to fix."""
+
+
+def build_provider(config: KioskConfig) -> Provider:
+    if config.payments.provider == "alipay":
+        from kiosk.payments.alipay import AlipayProvider
+
+        assert config.payments.alipay is not None
+        return AlipayProvider(config.payments.alipay)
+    raise StartupError(f"payments.provider: {config.payments.provider!r} is not supported")
+
+
+@dataclass
+class Hardware:
+    display: PngDisplay
+    relays: dict[str, GpioRelay]
+    sensors: dict[str, GpioInput]
+    buttons: ButtonBank
+    pin_factory: object
+    scanner: SerialScanner | None = None
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for relay in self.relays.values():
+            relay.close()
+        for sensor in self.sensors.values():
+            sensor.close()
+        self.buttons.close()
+
+
+def build_hardware(config: KioskConfig, loop: asyncio.AbstractEventLoop) -> Hardware:
+    factory = install_pin_factory(config.gpio.pin_factory)
+    display = PngDisplay(
+        config.display.dir, (config.display.width, config.display.height), keep_frames=config.display.keep_frames
+    )
+    relays = {
+        s.id: GpioRelay(s.relay, active_high=s.relay_active_high, pin_factory=factory) for s in config.catalog.slots
+    }
+    sensors = {
+        s.id: GpioInput(s.confirm.pin, active_high=s.confirm.active_high, pin_factory=factory)
+        for s in config.catalog.slots
+        if s.confirm is not None
+    }
+    names: dict[str, int | str] = {}
+    if config.selection.mode is SelectionMode.BUTTONS:
+        names.update({s.id: s.button for s in config.catalog.slots if s.button is not None})
+    if config.selection.cancel_button is not None:
+        names[CANCEL] = config.selection.cancel_button
+    buttons = ButtonBank(
+        loop,
+        names,
+        active_high=config.selection.button_active_high,
+        bounce_s=config.selection.bounce_s,
+        pin_factory=factory,
+    )
+    scanner: SerialScanner | None = None
+    if config.scanner.type == "pty":
+        scanner = PtyScanner()
+    elif config.scanner.type == "serial":
+        if not config.scanner.port:
+            raise StartupError("scanner.port: a serial scanner needs a port, e.g. /dev/ttyUSB0")
+        scanner = SerialScanner(config.scanner.port, baudrate=config.scanner.baudrate)
+    return Hardware(display, relays, sensors, buttons, factory, scanner)
+
+
+class KioskApp:
+    def __init__(
+        self, config: KioskConfig, *, provider: Provider | None = None, listener: Listener | None = None
+    ) -> None:
+        self.config = config
+        self._provider = provider
+        self._listener = listener
+        self._stop = asyncio.Event()
+        self.started = asyncio.Event()
+        self.engine: Engine | None = None
+        self.hardware: Hardware | None = None
+        self.outbox: Outbox | None = None
+        self.link: FleetLink | None = None
+        self.journal: Journal | None = None
+        self.on_ready: Callable[[], Awaitable[None] | None] | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        if self.engine is not None:
+            self.engine.request_stop()
+
+    async def run(self) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        try:
+            renderer = ScreenRenderer(config.screens.font_path, (config.display.width, config.display.height))
+        except Exception as exc:  # FontNotFoundError names the path and the fix
+            raise StartupError(f"screens.font_path: {exc}") from exc
+        self.journal = journal = Journal(config.journal.path)
+        topics = Topics(config.mqtt.topic_prefix, config.device.fleet, config.device.id)
+        self.outbox = outbox = Outbox(config.outbox.path, topics)
+        self.link = link = FleetLink(config.mqtt, topics, outbox, client_id=config.device.id)
+        self.hardware = hw = build_hardware(config, loop)
+        provider = self._provider or build_provider(config)
+
+        def emit_event(kind: str, data: dict[str, object], money: bool) -> None:
+            outbox.put_event(kind, data, money=money)
+            link.notify()
+
+        async def show(screen: Screen) -> None:
+            image: Image.Image = await asyncio.to_thread(renderer.render, screen)
+            await hw.display.show(image, screen.kind.value)
+
+        runner = SaleRunner(
+            journal=journal,
+            provider=provider,
+            slots={s.id: s for s in config.catalog.slots},
+            relays=dict(hw.relays),
+            sensors=dict(hw.sensors),
+            emit_event=emit_event,
+            clock=loop.time,
+            payment_timeout_s=config.selection.payment_timeout_s,
+            subject_prefix=config.payments.subject_prefix,
+        )
+        recovery = Recovery(journal, runner, config.recovery.paid_undelivered, emit_event)
+        self.engine = engine = Engine(
+            config, runner, journal, show, hw.buttons.presses, reconcile=recovery.reconcile
+        )
+        runner.add_listener(lambda sale, _detail: engine.show_state(sale))
+        if self._listener is not None:
+            runner.add_listener(self._listener)
+        if self._stop.is_set():
+            engine.request_stop()
+
+        link_task = asyncio.create_task(link.run(), name="fleet-link")
+        scanner_task = asyncio.create_task(self._drain_scanner(), name="scanner")
+        try:
+            await show(Screen(ScreenKind.OUT_OF_SERVICE, reason_en="Starting up", reason_zh="正在启动"))
+            open_sales = await recovery.reconcile()
+            if open_sales:
+                log.warning("recovery: %d sale(s) still open; will retry between sales", open_sales)
+            self.started.set()
+            await engine.run()
+        finally:
+            scanner_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scanner_task
+            await link.aclose()
+            link_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await link_task
+            await provider.aclose()
+            if hw.scanner is not None:
+                await hw.scanner.aclose()
+            hw.close()
+            outbox.close()
+            journal.close()
+
+    async def _drain_scanner(self) -> None:
+        """Payment codes from the scanner; charging them arrives with the wallets feature."""
+        hw = self.hardware
+        if hw is None or hw.scanner is None:
+            return
+        async for code in hw.scanner.codes():
+            log.info("scanner: read a %d-character code; scan-to-pay is not enabled", len(code))
