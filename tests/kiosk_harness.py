@@ -1,0 +1,93 @@
+"""Running a whole kiosk in-process for tests: sandbox gateway, mock pins, PNG display."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpiozero.pins.mock import MockFactory
+
+from devices.sim import SimSlot, SimulatedMachine
+from kiosk.app import KioskApp
+from kiosk.config import KioskConfig, load_config
+from kiosk.demo import EXAMPLE_CONFIG, demo_config
+from kiosk.payments.sandbox import SandboxGateway
+from kiosk.sale import Sale
+
+
+def make_config(tmp_path: Path, gateway_url: str, keys: Path, mqtt: str | None, **selection: Any) -> KioskConfig:
+    config = demo_config(load_config(EXAMPLE_CONFIG), tmp_path, tmp_path / "frames", gateway_url, keys, mqtt)
+    if selection:
+        config = config.model_copy(update={"selection": config.selection.model_copy(update=selection)})
+    return config
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class RunningKiosk:
+    app: KioskApp
+    machine: SimulatedMachine
+    config: KioskConfig
+
+    @property
+    def finished(self) -> list[Sale]:
+        assert self.app.engine is not None
+        return self.app.engine.sales_finished
+
+    async def buy(self, slot_id: str, timeout: float = 30) -> Sale:
+        before = len(self.finished)
+        slot = self.config.catalog.slot(slot_id)
+        assert slot.button is not None
+        self.machine.press(slot.button)
+        await wait_for(lambda: len(self.finished) > before, timeout, f"the sale of {slot_id} to finish")
+        return self.finished[-1]
+
+    def press_cancel(self) -> None:
+        assert self.config.selection.cancel_button is not None
+        self.machine.press(self.config.selection.cancel_button)
+
+
+@contextlib.asynccontextmanager
+async def running_kiosk(config: KioskConfig) -> AsyncIterator[RunningKiosk]:
+    app = KioskApp(config)
+    task = asyncio.create_task(app.run())
+    try:
+        await wait_for(lambda: app.started.is_set() or task.done(), 20, "the kiosk to start")
+        if task.done():
+            task.result()
+        assert app.hardware is not None
+        factory = app.hardware.pin_factory
+        assert isinstance(factory, MockFactory)
+        machine = SimulatedMachine(
+            factory,
+            {
+                s.id: SimSlot(s.relay, s.confirm.pin if s.confirm else None, s.relay_active_high)
+                for s in config.catalog.slots
+            },
+        )
+        yield RunningKiosk(app, machine, config)
+    finally:
+        app.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+@contextlib.contextmanager
+def sandbox_gateway(keys: Path) -> Any:
+    gateway = SandboxGateway(keys_dir=keys)
+    url = gateway.start()
+    try:
+        yield gateway, url + "/gateway.do"
+    finally:
+        gateway.stop()
