@@ -13,10 +13,10 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kiosk.screens.fonts import DEFAULT_FONT_PATH  # noqa: E402
-from kiosk.screens.model import ScreenKind  # noqa: E402
-from kiosk.screens.render import ScreenRenderer  # noqa: E402
-from kiosk.screens.samples import sample_screen  # noqa: E402
+from kiosk.screens.fonts import DEFAULT_FONT_PATH
+from kiosk.screens.model import ScreenKind
+from kiosk.screens.render import ScreenRenderer
+from kiosk.screens.samples import sample_screen
 
 DEFAULT_JOBS: list[tuple[tuple[int, int], list[ScreenKind]]] = [
     ((800, 480), list(ScreenKind)),

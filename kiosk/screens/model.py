@@ -34,6 +34,9 @@ class Screen:
     kind: ScreenKind
     # IDLE: what is on offer (one line in single-product mode)
     products: tuple[ProductLine, ...] = ()
+    # IDLE: selection.mode = "single", so the hint is "scan to pay", not "press a button" (a
+    # one-slot catalog with a button looks the same in `products`)
+    single_product: bool = False
     # PAY, CONFIRMING, DELIVERING, THANK_YOU, REFUNDED, CANCELLED: the product of this sale
     product: ProductLine | None = None
     # PAY: the provider's QR content, shown as a QR code, and whole seconds left to pay
