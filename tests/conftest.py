@@ -1,0 +1,44 @@
+"""Shared fixtures. Each section belongs to one area; add new sections below."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+# tests/ has no __init__.py, so pytest puts it on sys.path and the helper imports as `broker`.
+from broker import Mosquitto, MosquittoMissing
+
+# ---------------------------------------------------------------- mosquitto (fleet tests)
+
+MosquittoFactory = Callable[..., Mosquitto]
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoFactory]:
+    """Make brokers that are NOT started yet: `make(port=None, extra_config="")`; all stopped at the end.
+
+    A missing mosquitto fails the test, never skips it: a skipped fleet test would hide that the
+    delivery of sale records went untested.
+    """
+    brokers: list[Mosquitto] = []
+
+    def make(port: int | None = None, extra_config: str = "") -> Mosquitto:
+        try:
+            broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), port=port, extra_config=extra_config)
+        except MosquittoMissing as exc:
+            pytest.fail(str(exc), pytrace=False)
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory: MosquittoFactory) -> Mosquitto:
+    """A running broker on a free 127.0.0.1 port: `.host`, `.port`, `.url`, `.stop()`, `.start()`."""
+    broker = mosquitto_factory()
+    broker.start()
+    return broker
