@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request URL at INFO; the journal and the timeline already say what happened.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "config":
         return config_check(args.path)
     if args.command == "run":
@@ -81,7 +83,8 @@ def config_check(path: Path) -> int:
     print(f"  device    {config.device.fleet}/{config.device.id}")
     print(f"  selection {config.selection.mode.value}, payment timeout {config.selection.payment_timeout_s:g} s")
     for slot in config.catalog.slots:
-        print(f"  slot {slot.id:<6} {format_amount(slot.price, slot.currency):>12}  {slot.names.en} / {slot.names.zh_hans}")
+        price = format_amount(slot.price, slot.currency)
+        print(f"  slot {slot.id:<6} {price:>12}  {slot.names.en} / {slot.names.zh_hans}")
     print(f"  payments  {config.payments.provider}")
     print(f"  display   {config.display.type} {config.display.width}x{config.display.height}")
     print(f"  mqtt      {config.mqtt.url or 'none (events stay queued)'}")

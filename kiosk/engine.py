@@ -190,7 +190,8 @@ class Engine:
 
     async def _show_idle(self) -> None:
         products = tuple(self.product_line(s.id) for s in self._config.catalog.slots)
-        await self._show(Screen(ScreenKind.IDLE, products=products))
+        single = self._config.selection.mode is SelectionMode.SINGLE
+        await self._show(Screen(ScreenKind.IDLE, products=products, single_product=single))
 
     async def _show_out_of_service(self, reason_en: str, reason_zh: str) -> None:
         self.out_of_service = reason_en
@@ -213,7 +214,7 @@ class Engine:
         if sale.slot_id is None:
             return
         product = self.product_line(sale.slot_id)
-        if sale.state in (SaleState.PAID, SaleState.DELIVERING):
+        if sale.state is SaleState.PAID:  # DELIVERING follows at once with the same screen
             await self._show(Screen(ScreenKind.DELIVERING, product=product))
         elif sale.state is SaleState.REFUNDING:
             await self._show(
