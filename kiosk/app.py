@@ -37,12 +37,10 @@ class StartupError(Exception):
 
 
 def build_provider(config: KioskConfig) -> Provider:
-    if config.payments.provider == "alipay":
-        from kiosk.payments.alipay import AlipayProvider
+    from kiosk.payments.registry import build_provider as build
 
-        assert config.payments.alipay is not None
-        return AlipayProvider(config.payments.alipay)
-    raise StartupError(f"payments.provider: {config.payments.provider!r} is not supported")
+    assert config.payments.provider is not None
+    return build(config.payments.provider, config)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -14,6 +15,10 @@ from kiosk.config import DEFAULT_CONFIG_PATH, ConfigError, check_files, load_con
 from kiosk.money import format_amount
 
 EXIT_CONFIG = 2
+
+# More subcommands, one module each: `register(subparsers)` adds a parser whose defaults set
+# `func=handler`, and `handler(args) -> int` runs it.
+COMMAND_MODULES: list[str] = []
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file and list every problem")
     check.add_argument("path", nargs="?", type=Path, default=DEFAULT_CONFIG_PATH)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -52,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     # httpx logs every request URL at INFO; the journal and the timeline already say what happened.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    func = getattr(args, "func", None)
+    if func is not None:
+        result: int = func(args)
+        return result
     if args.command == "config":
         return config_check(args.path)
     if args.command == "run":

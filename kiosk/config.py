@@ -122,7 +122,12 @@ class Selection(Strict):
 # ---------------------------------------------------------------- payments
 
 
+ProviderName = Literal["alipay", "wechat_v2", "wechat_v3", "alipay_plus", "citcon"]
+
+
 class AlipayConfig(Strict):
+    """Alipay open platform (alipay.trade.*), RSA2."""
+
     gateway_url: str = "https://openapi.alipay.com/gateway.do"
     app_id: str = Field(min_length=1)
     app_private_key_file: Path
@@ -132,17 +137,96 @@ class AlipayConfig(Strict):
     poll_interval_s: float = Field(default=2, gt=0, le=30)
 
 
+class WechatV2Config(Strict):
+    """WeChat Pay API v2 (XML, HMAC-SHA256); reverse and refund need the merchant client certificate."""
+
+    api_url: str = "https://apihk.mch.weixin.qq.com"
+    appid: str = Field(min_length=1)
+    mch_id: str = Field(min_length=1)
+    sub_mch_id: str | None = None
+    api_key_file: Path
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    timeout_s: float = Field(default=10, gt=0, le=120)
+    poll_interval_s: float = Field(default=2, gt=0, le=30)
+
+
+class WechatV3Config(Strict):
+    """WeChat Pay API v3 (JSON, WECHATPAY2-SHA256-RSA2048), cross-border endpoints by default."""
+
+    api_url: str = "https://apihk.mch.weixin.qq.com"
+    mchid: str = Field(min_length=1)
+    appid: str = Field(min_length=1)
+    merchant_serial_no: str = Field(min_length=1)
+    merchant_private_key_file: Path
+    apiv3_key_file: Path
+    # The WeChat Pay public key (PUB_KEY_ID_...) or a platform certificate, and its id/serial.
+    wechatpay_public_key_file: Path
+    wechatpay_key_id: str = Field(min_length=1)
+    cross_border: bool = True
+    timeout_s: float = Field(default=10, gt=0, le=120)
+    poll_interval_s: float = Field(default=2, gt=0, le=30)
+
+
+class AlipayPlusConfig(Strict):
+    """Alipay+ / Antom AMS in-store payments (user-presented and order code), RSA256 Signature header."""
+
+    api_url: str = "https://open-na-global.alipay.com"
+    sandbox: bool = False  # /ams/sandbox/api/... instead of /ams/api/...
+    client_id: str = Field(min_length=1)
+    private_key_file: Path
+    alipay_public_key_file: Path
+    key_version: int = Field(default=1, ge=1)
+    reference_merchant_id: str = Field(min_length=1)
+    merchant_mcc: str = Field(default="5814", pattern=r"^\d{4}$")
+    merchant_name: str = Field(min_length=1)
+    store_id: str = Field(min_length=1)
+    store_name: str = Field(min_length=1)
+    timeout_s: float = Field(default=10, gt=0, le=120)
+    poll_interval_s: float = Field(default=3, gt=0, le=30)
+
+
+class CitconConfig(Strict):
+    """Citcon UPI: an API key exchanged for an access token (renewed on 401)."""
+
+    api_url: str = "https://api.citconpay.com/v1"
+    api_key_file: Path
+    timeout_s: float = Field(default=10, gt=0, le=120)
+    poll_interval_s: float = Field(default=2, gt=0, le=30)
+
+
+class WalletRoutes(Strict):
+    """Which provider charges a payment code the scanner read, per wallet family (none: refuse)."""
+
+    wechat: ProviderName | None = None
+    alipay_cn: ProviderName | None = None
+    alipay_plus: ProviderName | None = None
+    unionpay: ProviderName | None = None
+
+
 class PaymentsConfig(Strict):
-    provider: Literal["alipay"] = "alipay"
+    # The provider whose QR the screen shows (merchant-presented); None: scanner only.
+    provider: ProviderName | None = "alipay"
+    routes: WalletRoutes = WalletRoutes()
     alipay: AlipayConfig | None = None
+    wechat_v2: WechatV2Config | None = None
+    wechat_v3: WechatV3Config | None = None
+    alipay_plus: AlipayPlusConfig | None = None
+    citcon: CitconConfig | None = None
     subject_prefix: str = "Kiosk"
 
+    def used_providers(self) -> list[str]:
+        names = [self.provider] if self.provider else []
+        names += [p for p in self.routes.model_dump().values() if p]
+        return list(dict.fromkeys(names))
+
     @model_validator(mode="after")
-    def _provider_configured(self) -> PaymentsConfig:
-        if getattr(self, self.provider) is None:
-            raise ValueError(
-                f"provider {self.provider!r} is selected but [payments.{self.provider}] is missing"
-            )
+    def _providers_configured(self) -> PaymentsConfig:
+        for name in self.used_providers():
+            if getattr(self, name) is None:
+                raise ValueError(f"provider {name!r} is used but [payments.{name}] is missing")
+        if not self.used_providers():
+            raise ValueError("no payment provider: set payments.provider or payments.routes")
         return self
 
 
@@ -317,31 +401,36 @@ def _resolve_relative_paths(config: KioskConfig, base: Path) -> KioskConfig:
         "outbox": config.outbox.model_copy(update={"path": fix(config.outbox.path)}),
         "screens": config.screens.model_copy(update={"font_path": fix(config.screens.font_path)}),
     }
-    if config.payments.alipay is not None:
-        ali = config.payments.alipay
-        updates["payments"] = config.payments.model_copy(
-            update={
-                "alipay": ali.model_copy(
-                    update={
-                        "app_private_key_file": fix(ali.app_private_key_file),
-                        "alipay_public_key_file": fix(ali.alipay_public_key_file),
-                    }
-                )
-            }
-        )
+    sections: dict[str, Any] = {}
+    for name, section in _payment_sections(config):
+        paths = {k: fix(v) for k, v in section if isinstance(v, Path)}
+        sections[name] = section.model_copy(update=paths)
+    updates["payments"] = config.payments.model_copy(update=sections)
     return config.model_copy(update=updates)
+
+
+def _payment_sections(config: KioskConfig) -> list[tuple[str, BaseModel]]:
+    payments = config.payments
+    names = ("alipay", "wechat_v2", "wechat_v3", "alipay_plus", "citcon")
+    return [(n, getattr(payments, n)) for n in names if getattr(payments, n) is not None]
+
+
+def _is_secret(key: str) -> bool:
+    """Private keys, API keys and client keys; public keys and certificates may be world-readable."""
+    return ("private" in key or key in ("api_key_file", "apiv3_key_file", "client_key_file"))
 
 
 def check_files(config: KioskConfig) -> list[str]:
     """Problems a valid schema can still have: files that must exist to start."""
     problems: list[str] = []
-    if config.payments.alipay is not None:
-        for key in ("app_private_key_file", "alipay_public_key_file"):
-            p: Path = getattr(config.payments.alipay, key)
-            if not p.is_file():
-                problems.append(f"payments.alipay.{key}: file {p} does not exist")
-            elif key == "app_private_key_file" and os.name == "posix" and p.stat().st_mode & 0o077:
-                problems.append(f"payments.alipay.{key}: {p} is readable by others; chmod 600 it")
+    for name, section in _payment_sections(config):
+        for key, value in section:
+            if not isinstance(value, Path):
+                continue
+            if not value.is_file():
+                problems.append(f"payments.{name}.{key}: file {value} does not exist")
+            elif _is_secret(key) and os.name == "posix" and value.stat().st_mode & 0o077:
+                problems.append(f"payments.{name}.{key}: {value} is readable by others; chmod 600 it")
     if not config.screens.font_path.is_file():
         problems.append(
             f"screens.font_path: font {config.screens.font_path} not found "

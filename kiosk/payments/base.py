@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class PaymentMode(enum.StrEnum):
+    QR = "qr"  # merchant-presented: the tourist scans the provider's code on our screen
+    CODE = "code"  # user-presented: our scanner reads the wallet's payment code
+
+
 class PaymentState(enum.Enum):
     NOT_FOUND = "not_found"  # the provider has no such order (e.g. QR not scanned yet)
     PENDING = "pending"  # created or scanned, not paid yet
@@ -28,6 +33,19 @@ class Order:
     amount_minor: int
     currency: str
     subject: str
+    # Closing differs by mode (WeChat closes a Native order but reverses a micropay).
+    mode: PaymentMode = PaymentMode.QR
+
+
+@dataclass(frozen=True)
+class CodePollPolicy:
+    """How the engine settles a code payment still in progress (USERPAYING, 10003, result U):
+    query every interval_s until give_up_after_s after the charge, then cancel/reverse, but not
+    before cancel_not_before_s after it (WeChat refuses to reverse a micropay younger than 15 s)."""
+
+    interval_s: float = 3.0
+    give_up_after_s: float = 60.0
+    cancel_not_before_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,11 +99,19 @@ class PaymentRejected(PaymentError):
 
 
 class Provider(Protocol):
-    """A wallet provider. Implementations are async and safe to retry with the same ids."""
+    """A wallet provider. Implementations are async and safe to retry with the same ids.
+
+    charge_code returns PAID (verified) or PENDING (the wallet asks the tourist to confirm), or
+    raises PaymentRejected (bad, expired or used code, no balance) or OutcomeUnknown. cancel
+    closes a QR order or cancels/reverses a code payment; either refunds it if it was paid."""
 
     name: str
+    modes: frozenset[PaymentMode]
+    code_poll: CodePollPolicy
 
     async def create_qr(self, order: Order) -> QrCode: ...
+
+    async def charge_code(self, order: Order, code: str) -> PaymentStatus: ...
 
     async def query(self, order: Order) -> PaymentStatus: ...
 

@@ -16,6 +16,7 @@ from kiosk.payments.sandbox.faults import FaultQueue
 from kiosk.payments.sandbox.keys import ensure_keys
 from kiosk.payments.sandbox.ledger import Behaviour, Ledger
 from kiosk.payments.sandbox.server import GATEWAY_PATH, METHODS, make_server
+from kiosk.payments.sandbox.wire import WireProtocol, mount_all
 
 DEFAULT_APP_ID = "2021000000000001"
 
@@ -43,6 +44,8 @@ class SandboxGateway:
         self.faults = FaultQueue()
         self.stopping = threading.Event()  # wakes handlers parked in delay/timeout faults
         self._address = (host, port)
+        # Every other wallet protocol (WeChat Pay, Alipay+, Citcon, ...) mounted beside Alipay's.
+        self.protocols: list[WireProtocol] = mount_all(self)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -128,20 +131,31 @@ class SandboxGateway:
 
     def add_fault(self, method: str, fault: str, *, count: int = 1, delay_s: float | None = None) -> None:
         """Spoil the next `count` answers to `method` ("*" = any method)."""
-        if method != "*" and method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)} or '*'")
+        known = [*METHODS, *(m for p in self.protocols for m in p.methods)]
+        if method != "*" and method not in known:
+            raise ValueError(f"method must be one of {', '.join(known)} or '*'")
         self.faults.add(method, fault, count, delay_s)
 
     def orders(self) -> list[dict[str, Any]]:
-        return self.ledger.views()
+        """Every order of every protocol; each view has at least out_trade_no, amount_minor,
+        currency, paid, closed, refunded_minor and refund_requests."""
+        views: list[dict[str, Any]] = [{"protocol": "alipay", **v} for v in self.ledger.views()]
+        for protocol in self.protocols:
+            views.extend({"protocol": protocol.name, **v} for v in protocol.orders())
+        return views
 
     def order(self, out_trade_no: str) -> dict[str, Any] | None:
-        return self.ledger.view(out_trade_no)
+        return next((v for v in self.orders() if v.get("out_trade_no") == out_trade_no), None)
+
+    def protocol_for(self, path: str) -> WireProtocol | None:
+        return next((p for p in self.protocols if path.startswith(p.prefixes)), None)
 
     def reset(self) -> None:
         """Forget all orders and pending faults; back to the default behaviour."""
         self.ledger.reset()
         self.faults.clear()
+        for protocol in self.protocols:
+            protocol.reset()
 
     def info(self) -> dict[str, Any]:
         return {

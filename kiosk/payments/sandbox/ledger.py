@@ -127,6 +127,11 @@ class Ledger:
             else:
                 self._queued.extend([behaviour] * for_next)
 
+    def next_behaviour(self) -> Behaviour:
+        """The simulated tourist for a new order of any protocol: the next queued one, or the default."""
+        with self._lock:
+            return self._queued.popleft() if self._queued else self._default
+
     def reset(self) -> None:
         with self._lock:
             self._orders.clear()

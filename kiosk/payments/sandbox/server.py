@@ -24,6 +24,7 @@ from kiosk.money import AmountError, from_decimal_text, to_decimal_text
 from kiosk.payments import rsa2
 from kiosk.payments.sandbox.faults import Fault
 from kiosk.payments.sandbox.ledger import Ledger, Response
+from kiosk.payments.sandbox.wire import WireRequest, WireResponse
 
 if TYPE_CHECKING:
     from kiosk.payments.sandbox.gateway import SandboxGateway
@@ -131,7 +132,36 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------ routing
 
+    def _wire(self) -> bool:
+        """Hand the request to a mounted wallet protocol if one owns the path."""
+        split = urlsplit(self.path)
+        protocol = self.server.gateway.protocol_for(split.path)
+        if protocol is None:
+            return False
+        length = int(self.headers.get("Content-Length") or 0)
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            self._json(413, {"error": "body too large"})
+            return True
+        body = self.rfile.read(length)
+        headers = {k: v for k, v in self.headers.items()}
+        response: WireResponse = protocol.handle(WireRequest(self.command, split.path, split.query, headers, body))
+        if response.delay_s:
+            self.server.gateway.stopping.wait(response.delay_s)
+        if response.drop:
+            self.close_connection = True
+            return True
+        self.send_response(response.status)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        self.wfile.write(response.body)
+        return True
+
     def do_GET(self) -> None:
+        if self._wire():
+            return
         gw = self.server.gateway
         path = urlsplit(self.path).path
         if path == "/sandbox/orders":
@@ -149,7 +179,17 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": "not found"})
 
+    def do_PUT(self) -> None:
+        if not self._wire():
+            self._json(404, {"error": "not found"})
+
+    def do_DELETE(self) -> None:
+        if not self._wire():
+            self._json(404, {"error": "not found"})
+
     def do_POST(self) -> None:
+        if self._wire():
+            return
         split = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         if not 0 <= length <= MAX_BODY:
