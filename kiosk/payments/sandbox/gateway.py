@@ -115,6 +115,7 @@ class SandboxGateway:
         scan_delay_s: float | None = None,
         pay_delay_s: float | None = None,
         for_next: int | Literal["default"] = "default",
+        pending_polls: int | None = None,
     ) -> None:
         """How the next N tourists (or, with "default", all later ones) treat their QR code.
 
@@ -126,6 +127,7 @@ class SandboxGateway:
             name=behaviour,
             scan_delay_s=base.scan_delay_s if scan_delay_s is None else float(scan_delay_s),
             pay_delay_s=base.pay_delay_s if pay_delay_s is None else float(pay_delay_s),
+            pending_polls=pending_polls,
         )
         self.ledger.set_behaviour(new, None if for_next == "default" else for_next)
 
@@ -177,6 +179,7 @@ class SandboxGateway:
             scan_delay_s=_number(data, "scan_delay_s"),
             pay_delay_s=_number(data, "pay_delay_s"),
             for_next=data.get("for_next", "default"),
+            pending_polls=_int_or_none(data, "pending_polls"),
         )
 
     def control_fault(self, data: dict[str, Any]) -> None:
@@ -195,3 +198,12 @@ def _number(data: dict[str, Any], key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{key} must be a number")
     return float(value)
+
+
+def _int_or_none(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be an integer")
+    return value

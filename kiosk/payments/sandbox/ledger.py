@@ -18,7 +18,10 @@ from typing import Any, TypeGuard
 
 from kiosk.money import AmountError, from_decimal_text, to_decimal_text
 
-BEHAVIOURS = ("pays", "never_pays", "pays_then_jam")
+# pays / never_pays / pays_then_jam: what the tourist does with a QR, or with a payment code
+# (pay_delay_s or pending_polls of "confirm in the wallet" first). The code_* and no_balance
+# behaviours are the wallet refusing a scanned payment code.
+BEHAVIOURS = ("pays", "never_pays", "pays_then_jam", "code_expired", "code_used", "no_balance")
 BEIJING = timezone(timedelta(hours=8))
 
 Response = dict[str, Any]
@@ -31,12 +34,17 @@ class Behaviour:
     name: str = "pays"
     scan_delay_s: float = 2.0  # after precreate: scans (the trade appears as WAIT_BUYER_PAY)
     pay_delay_s: float = 3.0  # after the scan: confirms (TRADE_SUCCESS)
+    # Payment codes: stay "user paying" (USERPAYING / 10003 / PROCESSING) for this many status
+    # queries, then pay; None = use pay_delay_s.
+    pending_polls: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in BEHAVIOURS:
             raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}")
         if not (0 <= self.scan_delay_s <= 86_400 and 0 <= self.pay_delay_s <= 86_400):
             raise ValueError("delays must be between 0 and 86400 seconds")
+        if self.pending_polls is not None and not 0 <= self.pending_polls <= 10_000:
+            raise ValueError("pending_polls must be between 0 and 10000")
 
 
 @dataclass
