@@ -147,6 +147,11 @@ class WechatV2Config(Strict):
     api_key_file: Path
     client_cert_file: Path | None = None
     client_key_file: Path | None = None
+    # CA bundle that signs api_url's server certificate (a sandbox's); None: the public CAs.
+    ca_file: Path | None = None
+    # Required by unifiedorder; the kiosk polls, so this is your back office's URL, if any.
+    notify_url: str = "https://localhost/wechat_v2/notify"
+    spbill_create_ip: str = "127.0.0.1"  # the terminal's IP, which micropay and unifiedorder report
     timeout_s: float = Field(default=10, gt=0, le=120)
     poll_interval_s: float = Field(default=2, gt=0, le=30)
 
