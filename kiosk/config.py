@@ -169,6 +169,11 @@ class WechatV3Config(Strict):
     wechatpay_public_key_file: Path
     wechatpay_key_id: str = Field(min_length=1)
     cross_border: bool = True
+    # WeChat requires a callback URL on every order, but the kiosk polls and never depends on it;
+    # the default (.invalid never resolves) lets callbacks fail harmlessly when nobody receives them.
+    notify_url: str = Field(default="https://kiosk.invalid/wechatpay/v3/notify", pattern=r"^https?://")
+    # Cross-border orders must carry the merchant's MCC (5814: quick-service restaurants).
+    merchant_category_code: str = Field(default="5814", pattern=r"^\d{4}$")
     timeout_s: float = Field(default=10, gt=0, le=120)
     poll_interval_s: float = Field(default=2, gt=0, le=30)
 
@@ -187,6 +192,8 @@ class AlipayPlusConfig(Strict):
     merchant_name: str = Field(min_length=1)
     store_id: str = Field(min_length=1)
     store_name: str = Field(min_length=1)
+    settlement_currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")  # None: the price's
+    notify_url: str | None = None  # paymentNotifyUrl (Antom requires one in production)
     timeout_s: float = Field(default=10, gt=0, le=120)
     poll_interval_s: float = Field(default=3, gt=0, le=30)
 
