@@ -36,11 +36,11 @@ class StartupError(Exception):
     """The kiosk cannot start as configured; the message says what to fix."""
 
 
-def build_provider(config: KioskConfig) -> Provider:
-    from kiosk.payments.registry import build_provider as build
+def build_providers(config: KioskConfig) -> dict[str, Provider]:
+    """Every provider the config uses: the QR provider and those routed to by wallet family."""
+    from kiosk.payments.registry import build_provider
 
-    assert config.payments.provider is not None
-    return build(config.payments.provider, config)
+    return {name: build_provider(name, config) for name in config.payments.used_providers()}
 
 
 @dataclass
@@ -98,10 +98,14 @@ def build_hardware(config: KioskConfig, loop: asyncio.AbstractEventLoop) -> Hard
 
 class KioskApp:
     def __init__(
-        self, config: KioskConfig, *, provider: Provider | None = None, listener: Listener | None = None
+        self,
+        config: KioskConfig,
+        *,
+        providers: dict[str, Provider] | None = None,
+        listener: Listener | None = None,
     ) -> None:
         self.config = config
-        self._provider = provider
+        self._providers = providers
         self._listener = listener
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
@@ -111,6 +115,7 @@ class KioskApp:
         self.link: FleetLink | None = None
         self.journal: Journal | None = None
         self.on_ready: Callable[[], Awaitable[None] | None] | None = None
+        self.scans: asyncio.Queue[str] | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -129,7 +134,7 @@ class KioskApp:
         self.outbox = outbox = Outbox(config.outbox.path, topics)
         self.link = link = FleetLink(config.mqtt, topics, outbox, client_id=config.device.id)
         self.hardware = hw = build_hardware(config, loop)
-        provider = self._provider or build_provider(config)
+        providers = self._providers or build_providers(config)
 
         def emit_event(kind: str, data: dict[str, object], money: bool) -> None:
             outbox.put_event(kind, data, money=money)
@@ -141,7 +146,7 @@ class KioskApp:
 
         runner = SaleRunner(
             journal=journal,
-            provider=provider,
+            providers=providers,
             slots={s.id: s for s in config.catalog.slots},
             relays=dict(hw.relays),
             sensors=dict(hw.sensors),
@@ -151,10 +156,12 @@ class KioskApp:
             subject_prefix=config.payments.subject_prefix,
         )
         recovery = Recovery(journal, runner, config.recovery.paid_undelivered, emit_event)
+        scans: asyncio.Queue[str] | None = asyncio.Queue(maxsize=8) if hw.scanner is not None else None
+        self.scans = scans
         self.engine = engine = Engine(
-            config, runner, journal, show, hw.buttons.presses, reconcile=recovery.reconcile
+            config, runner, journal, show, hw.buttons.presses, scans=scans, reconcile=recovery.reconcile
         )
-        runner.add_listener(lambda sale, _detail: engine.show_state(sale))
+        runner.add_listener(engine.show_state)
         if self._listener is not None:
             runner.add_listener(self._listener)
         if self._stop.is_set():
@@ -177,7 +184,8 @@ class KioskApp:
             link_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await link_task
-            await provider.aclose()
+            for provider in providers.values():
+                await provider.aclose()
             if hw.scanner is not None:
                 await hw.scanner.aclose()
             hw.close()
@@ -185,9 +193,13 @@ class KioskApp:
             journal.close()
 
     async def _drain_scanner(self) -> None:
-        """Payment codes from the scanner; charging them arrives with the wallets feature."""
+        """Scanner lines to the engine. A full queue drops the line: a tourist scanning again and
+        again must not pile up charges."""
         hw = self.hardware
-        if hw is None or hw.scanner is None:
+        if hw is None or hw.scanner is None or self.scans is None:
             return
-        async for code in hw.scanner.codes():
-            log.info("scanner: read a %d-character code; scan-to-pay is not enabled", len(code))
+        async for line in hw.scanner.codes():
+            try:
+                self.scans.put_nowait(line)
+            except asyncio.QueueFull:
+                log.warning("scanner: line dropped, the engine is busy")

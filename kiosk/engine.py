@@ -1,5 +1,7 @@
 """The engine: waits for a selection, runs one sale at a time, keeps the screen honest.
 
+Both payment directions are armed together when configured: the provider's QR is on screen
+and the scanner takes the tourist's payment code; the first verified payment wins.
 Deadlines use the event loop's monotonic clock, so a wall-clock step (NTP at boot) never
 expires a sale early or late.
 """
@@ -10,17 +12,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from kiosk.config import KioskConfig, SelectionMode
 from kiosk.journal import Journal
 from kiosk.money import format_amount
-from kiosk.payments.base import PaymentState
+from kiosk.payments.base import PaymentMode
+from kiosk.payments.codes import CodeRejected, PaymentCode, classify, route
 from kiosk.runner import SaleRunner, Unresolved
 from kiosk.sale import (
-    BuyerScanned,
     CancelPressed,
     CloseReason,
-    ProviderClosed,
+    CodeScanned,
+    GiveUpAttempt,
     Sale,
     SaleState,
     Selected,
@@ -32,7 +36,25 @@ from kiosk.screens.model import ProductLine, Screen, ScreenKind
 log = logging.getLogger(__name__)
 
 CANCEL = "cancel"
+NOTICE_S = 4.0  # how long a notice (e.g. a refused code) stays over the pay screen
 ShowScreen = Callable[[Screen], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Press:
+    name: str
+
+
+@dataclass(frozen=True)
+class Scan:
+    line: str
+
+
+@dataclass
+class Notice:
+    en: str
+    zh: str
+    until: float
 
 
 class Engine:
@@ -44,6 +66,7 @@ class Engine:
         show: ShowScreen,
         presses: asyncio.Queue[str],
         *,
+        scans: asyncio.Queue[str] | None = None,
         reconcile: Callable[[], Awaitable[int]] | None = None,
         can_sell: Callable[[], str | None] | None = None,
     ) -> None:
@@ -52,17 +75,25 @@ class Engine:
         self._journal = journal
         self._show = show
         self._presses = presses
+        self._scans = scans
         self._reconcile = reconcile
         # Returns a reason when selling must pause (e.g. the outbox cannot take money records).
         self._can_sell = can_sell or (lambda: None)
         self._stop = asyncio.Event()
-        self._loop_clock = asyncio.get_running_loop().time
+        self._clock = asyncio.get_running_loop().time
+        self._notice: Notice | None = None
         self.sales_finished: list[Sale] = []
         self.out_of_service: str | None = None
+        self.rejected_scans = 0
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def selling(self) -> bool:
+        """A sale is under way (an updater must wait)."""
+        return not self._runner.sale.is_final and self._runner.sale.state is not SaleState.IDLE
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -97,26 +128,46 @@ class Engine:
         if self._config.selection.mode is SelectionMode.SINGLE:
             return None if self._stop.is_set() else self._config.catalog.slots[0].id
         while not self._stop.is_set():
-            name = await self._wait_press(None)
-            if name is not None and name != CANCEL:
-                return name
+            got = await self._wait_input(None)
+            if isinstance(got, Press) and got.name != CANCEL:
+                return got.name
+            if isinstance(got, Scan):
+                # A payment code before a product is chosen: nothing to charge yet.
+                self.rejected_scans += 1
+                self._notice = Notice("Choose a product first", "请先选择商品", self._clock() + NOTICE_S)
+                await self._show_idle()
         return None
 
-    async def _wait_press(self, timeout: float | None) -> str | None:
-        """A button name, or None on timeout or stop."""
-        get = asyncio.create_task(self._presses.get())
-        stop = asyncio.create_task(self._stop.wait())
+    async def _wait_input(self, timeout: float | None) -> Press | Scan | None:
+        """A button press or a scanner line, or None on timeout or stop."""
+        waiters: dict[asyncio.Task[object], str] = {
+            asyncio.create_task(self._presses.get()): "press",
+            asyncio.create_task(self._stop.wait()): "stop",
+        }
+        if self._scans is not None:
+            waiters[asyncio.create_task(self._scans.get())] = "scan"
         try:
-            done, _ = await asyncio.wait({get, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (get, stop):
+            for task in waiters:
                 if not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-        if get in done:
-            return get.result()
-        return None
+        # Both queues may have delivered at once: put the extra item back rather than lose it.
+        result: Press | Scan | None = None
+        for task in done:
+            kind = waiters[task]
+            if kind == "stop":
+                continue
+            item = Press(str(task.result())) if kind == "press" else Scan(str(task.result()))
+            if result is None:
+                result = item
+            elif isinstance(item, Press):
+                self._presses.put_nowait(item.name)
+            elif self._scans is not None:
+                self._scans.put_nowait(item.line)
+        return result
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -128,10 +179,18 @@ class Engine:
         slot = self._config.catalog.slot(slot_id)
         runner = self._runner
         runner.adopt(Sale())
+        self._notice = None
+        selected = Selected(
+            slot.id,
+            Journal.new_order_id(),
+            slot.price,
+            slot.currency,
+            self._clock(),
+            qr_provider=self._config.payments.provider,
+            timeout_s=self._config.selection.payment_timeout_s,
+        )
         try:
-            await runner.step(
-                Selected(slot.id, Journal.new_order_id(), slot.price, slot.currency, self._loop_clock())
-            )
+            await runner.step(selected)
             await self._await_payment()
         except Unresolved as exc:
             # The journal keeps the sale open; reconciliation finishes it when the provider answers.
@@ -144,79 +203,144 @@ class Engine:
 
     async def _await_payment(self) -> None:
         runner = self._runner
-        poll_every = self._poll_interval()
-        next_poll = self._loop_clock() + poll_every
-        shown: tuple[ScreenKind, int] | None = None
+        next_poll: dict[str, float] = {}
+        shown: tuple[object, ...] | None = None
         while runner.sale.state is SaleState.AWAITING_PAYMENT:
             sale = runner.sale
-            now = self._loop_clock()
+            now = self._clock()
             shown = await self._show_pay(sale, now, shown)
             if self._stop.is_set():
                 await runner.step(ShutdownRequested(now))
                 break
             deadline = sale.deadline or now
+            for attempt in sale.open_attempts:
+                first_poll = attempt.started + self._poll_interval(attempt.provider, attempt.mode)
+                next_poll.setdefault(attempt.order_id, first_poll)
             # Wake when the countdown's whole second changes, a poll is due, or time is up.
             fraction = (deadline - now) % 1.0
-            wake = min(next_poll, deadline, now + (fraction if fraction > 1e-3 else 1.0))
-            press = await self._wait_press(max(0.0, wake - now))
-            now = self._loop_clock()
-            if press == CANCEL:
-                await runner.step(CancelPressed(now))
+            wake = min([deadline, now + (fraction if fraction > 1e-3 else 1.0), *next_poll.values()])
+            got = await self._wait_input(max(0.0, wake - now))
+            if isinstance(got, Press) and got.name == CANCEL:
+                await runner.step(CancelPressed(self._clock()))
                 break
-            if now >= next_poll or now >= deadline:
-                # At the deadline, query once more before closing: a payment that just went
-                # through must be delivered, not cancelled.
-                await self._poll(now)
-                next_poll = self._loop_clock() + poll_every
-            await runner.step(Tick(self._loop_clock()))
+            if isinstance(got, Scan):
+                await self._on_scan(got.line)
+                continue
+            now = self._clock()
+            for attempt in runner.sale.open_attempts:
+                due = next_poll.get(attempt.order_id, now)
+                if now >= due or now >= deadline:
+                    # At the deadline, query once more before closing: a payment that just went
+                    # through must be delivered, not cancelled.
+                    await self._poll(attempt.order_id)
+                    next_poll[attempt.order_id] = self._clock() + self._poll_interval(attempt.provider, attempt.mode)
+                    if runner.sale.state is not SaleState.AWAITING_PAYMENT:
+                        break
+                    await self._give_up_stale_code(attempt.order_id)
+            await runner.step(Tick(self._clock()))
 
-    def _poll_interval(self) -> float:
-        alipay = self._config.payments.alipay
-        return alipay.poll_interval_s if alipay is not None else 2.0
+    def _poll_interval(self, provider: str, mode: PaymentMode) -> float:
+        if mode is PaymentMode.CODE:
+            return self._runner.providers[provider].code_poll.interval_s
+        section = getattr(self._config.payments, provider, None)
+        return float(getattr(section, "poll_interval_s", 2.0))
 
-    async def _poll(self, now: float) -> None:
-        runner = self._runner
-        status = await runner.query()
-        if status is None:
+    async def _poll(self, order_id: str) -> None:
+        status = await self._runner.query(order_id)
+        if status is not None:
+            await self._runner.apply_status(status, order_id)
+
+    async def _give_up_stale_code(self, order_id: str) -> None:
+        attempt = self._runner.sale.attempt(order_id)
+        if attempt is None or attempt.mode is not PaymentMode.CODE or attempt.state.value != "open":
             return
-        if status.state is PaymentState.PAID:
-            await runner.verified_paid(status)
-        elif status.state is PaymentState.PENDING and status.buyer_scanned:
-            await runner.step(BuyerScanned(now))
-        elif status.state is PaymentState.CLOSED:
-            await runner.step(ProviderClosed(now))
+        window = self._runner.providers[attempt.provider].code_poll.give_up_after_s
+        if self._clock() - attempt.started >= window:
+            await self._runner.step(GiveUpAttempt(order_id, self._clock()))
+
+    async def _on_scan(self, line: str) -> None:
+        """A scanner line during payment: classify, route and charge it, or say why not."""
+        runner = self._runner
+        code = classify(line)
+        if isinstance(code, PaymentCode):
+            routes = self._config.payments.routes.model_dump()
+            provider = route(code, routes)
+            if isinstance(provider, str) and provider not in runner.providers:
+                provider = CodeRejected(f"provider {provider} is not available", "Payment code not accepted",
+                                        "暂不支持此付款码")
+        if isinstance(code, CodeRejected) or isinstance(provider, CodeRejected):
+            rejected = code if isinstance(code, CodeRejected) else provider
+            assert isinstance(rejected, CodeRejected)
+            log.info("scanner: refused a code: %s", rejected.why)
+            self.rejected_scans += 1
+            self._notice = Notice(rejected.reason_en, rejected.reason_zh, self._clock() + NOTICE_S)
+            return
+        sale = runner.sale
+        if sale.code_attempt_open:
+            self._notice = Notice("One moment - a payment is in progress", "正在处理付款，请稍候",
+                                  self._clock() + NOTICE_S)
+            return
+        number = sum(1 for a in sale.attempts if a.mode is PaymentMode.CODE) + 1
+        order_id = f"{sale.order_id}C{number}"
+        log.info("scanner: %s code %s -> %s", code.family.value, code.masked, provider)
+        await runner.step(CodeScanned(order_id, provider, code.code, self._clock()))
+        if runner.last_refusal is not None:
+            self._notice = Notice("Payment code refused - please refresh it and scan again",
+                                  "付款码无效，请刷新后重新扫描", self._clock() + NOTICE_S)
 
     # ------------------------------------------------------------ screens
+
+    def _current_notice(self) -> Notice | None:
+        if self._notice is not None and self._clock() >= self._notice.until:
+            self._notice = None
+        return self._notice
 
     async def _show_idle(self) -> None:
         products = tuple(self.product_line(s.id) for s in self._config.catalog.slots)
         single = self._config.selection.mode is SelectionMode.SINGLE
-        await self._show(Screen(ScreenKind.IDLE, products=products, single_product=single))
+        notice = self._current_notice()
+        await self._show(
+            Screen(
+                ScreenKind.IDLE,
+                products=products,
+                single_product=single,
+                reason_en=notice.en if notice else None,
+                reason_zh=notice.zh if notice else None,
+            )
+        )
 
     async def _show_out_of_service(self, reason_en: str, reason_zh: str) -> None:
         self.out_of_service = reason_en
         await self._show(Screen(ScreenKind.OUT_OF_SERVICE, reason_en=reason_en, reason_zh=reason_zh))
 
-    async def _show_pay(
-        self, sale: Sale, now: float, shown: tuple[ScreenKind, int] | None
-    ) -> tuple[ScreenKind, int]:
+    async def _show_pay(self, sale: Sale, now: float, shown: tuple[object, ...] | None) -> tuple[object, ...]:
         kind = ScreenKind.CONFIRMING if sale.buyer_scanned else ScreenKind.PAY
         left = sale.seconds_left(now)
-        if shown != (kind, left):
+        notice = self._current_notice()
+        key = (kind, left, notice.en if notice else None)
+        if shown != key:
             assert sale.slot_id is not None
             await self._show(
-                Screen(kind, product=self.product_line(sale.slot_id), qr_content=sale.qr_content, seconds_left=left)
+                Screen(
+                    kind,
+                    product=self.product_line(sale.slot_id),
+                    qr_content=sale.qr_content,
+                    seconds_left=left,
+                    reason_en=notice.en if notice else None,
+                    reason_zh=notice.zh if notice else None,
+                    scanner=self._scans is not None,
+                )
             )
-        return kind, left
+        return key
 
-    async def show_state(self, sale: Sale) -> None:
+    async def show_state(self, sale: Sale, detail: str) -> None:
         """Screens for the states a sale passes through after payment (runner listener)."""
         if sale.slot_id is None:
             return
         product = self.product_line(sale.slot_id)
-        if sale.state is SaleState.PAID:  # DELIVERING follows at once with the same screen
+        if sale.state is SaleState.PAID and detail == "PaymentVerified":
             await self._show(Screen(ScreenKind.DELIVERING, product=product))
-        elif sale.state is SaleState.REFUNDING:
+        elif sale.state is SaleState.REFUNDING and detail == "DeliveryFailed":
             await self._show(
                 Screen(
                     ScreenKind.CANCELLED,

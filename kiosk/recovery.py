@@ -1,8 +1,8 @@
-"""Recovery: drive every unfinished sale in the journal to a final state by asking the provider.
+"""Recovery: drive every unsettled sale in the journal to a final state by asking the providers.
 
-Runs at start-up (after a crash or power loss) and between sales (for sales the provider could
-not finish earlier). It never guesses: an order is closed, delivered or refunded only on what
-the provider verifiably says; the configured policy decides for paid sales whose delivery is
+Runs at start-up (after a crash or power loss) and between sales (for sales a provider could
+not finish earlier). It never guesses: an attempt is closed, delivered or refunded only on what
+its provider verifiably says; the configured policy decides for paid sales whose delivery is
 unknown, and that choice is journaled and reported.
 """
 
@@ -15,7 +15,7 @@ from kiosk.config import RecoveryPolicy
 from kiosk.journal import Journal, SaleRecord
 from kiosk.payments.base import PaymentState
 from kiosk.runner import SaleRunner, Unresolved
-from kiosk.sale import SaleState, ShutdownRequested
+from kiosk.sale import AttemptState, SaleState, ShutdownRequested
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,19 @@ class Recovery:
         self._emit_event = emit_event
 
     async def reconcile(self) -> int:
-        """Finish what can be finished now; return how many sales are still open."""
+        """Finish what can be finished now; return how many sales are still unsettled."""
         still_open = 0
-        for record in self._journal.unfinished():
-            try:
-                await self._finish(record)
-            except Unresolved as exc:
-                log.warning("recovery: %s", exc)
-            if not self._runner.sale.is_final:
-                still_open += 1
+        self._runner.hold_delivery = True
+        try:
+            for record in self._journal.unsettled():
+                try:
+                    await self._finish(record)
+                except Unresolved as exc:
+                    log.warning("recovery: %s", exc)
+                if not self._runner.sale.is_final or self._runner.sale.needs_settling:
+                    still_open += 1
+        finally:
+            self._runner.hold_delivery = False
         return still_open
 
     async def _finish(self, record: SaleRecord) -> None:
@@ -50,22 +54,39 @@ class Recovery:
         runner.adopt(record.to_sale())
         log.info("recovery: order %s was left %s", record.order_id, record.state.value)
         if record.state in (SaleState.SELECTED, SaleState.AWAITING_PAYMENT):
-            status = await runner.query()
-            if status is None:
-                raise Unresolved(f"order {record.order_id}: status unknown, will retry")
-            if status.state is PaymentState.PAID and await runner.verified_paid(status):
-                await self._paid_undelivered(record, "paid before a restart; delivery never started")
-            else:
-                # Not paid: close it at the provider so a late payment cannot be taken.
-                await runner.step(ShutdownRequested(0.0), {"recovery": "closed after restart"})
+            await self._settle_unpaid_sale(record)
         elif record.state is SaleState.CLOSING:
-            # Closing is idempotent; a paid order is refunded by the provider's cancel/reverse.
-            await runner.close_order()
+            # Closing is idempotent; a paid attempt is refunded by its provider's cancel/reverse.
+            for attempt in runner.sale.open_attempts:
+                await runner.close_order(attempt.order_id)
         elif record.state in (SaleState.PAID, SaleState.DELIVERING):
             await self._paid_undelivered(record, f"restart during {record.state.value}; delivery unknown")
         elif record.state is SaleState.REFUNDING:
             sale = runner.sale
-            await runner.refund(sale.refund_id or f"{sale.order_id}R1")
+            await runner.refund(sale.refund_id or f"{sale.winner or sale.order_id}R1", sale.winner)
+        await self._settle_losers()
+
+    async def _settle_unpaid_sale(self, record: SaleRecord) -> None:
+        runner = self._runner
+        for attempt in runner.sale.open_attempts:
+            status = await runner.query(attempt.order_id)
+            if status is None:
+                raise Unresolved(f"order {attempt.order_id}: status unknown, will retry")
+            if status.state is PaymentState.PAID and await runner.verified_paid(status, attempt.order_id):
+                await self._paid_undelivered(record, "paid before a restart; delivery never started")
+                return
+        # Nothing paid: close every attempt so a late payment cannot be taken.
+        await runner.step(ShutdownRequested(0.0), {"recovery": "closed after restart"})
+
+    async def _settle_losers(self) -> None:
+        """Attempts that lost the race (or a restart interrupted their close) are closed;
+        a close that finds one paid refunds it."""
+        sale = self._runner.sale
+        for attempt in sale.attempts:
+            if attempt.order_id != sale.winner and attempt.state in (AttemptState.OPEN, AttemptState.PAID):
+                if sale.state in (SaleState.SELECTED, SaleState.AWAITING_PAYMENT):
+                    continue  # handled by _settle_unpaid_sale
+                await self._runner.close_order(attempt.order_id)
 
     async def _paid_undelivered(self, record: SaleRecord, reason: str) -> None:
         self._emit_event(
@@ -78,4 +99,9 @@ class Recovery:
             },
             True,
         )
-        await self._runner.force_delivery_outcome(self._policy is RecoveryPolicy.DELIVER, reason)
+        runner = self._runner
+        runner.hold_delivery = False
+        try:
+            await runner.force_delivery_outcome(self._policy is RecoveryPolicy.DELIVER, reason)
+        finally:
+            runner.hold_delivery = True

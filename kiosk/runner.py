@@ -19,6 +19,7 @@ from kiosk.payments.base import (
     Order,
     OutcomeUnknown,
     PaymentError,
+    PaymentMode,
     PaymentRejected,
     PaymentState,
     PaymentStatus,
@@ -26,7 +27,10 @@ from kiosk.payments.base import (
 )
 from kiosk.sale import (
     BeginDelivery,
+    BuyerScanned,
+    ChargeCode,
     CloseOrder,
+    CodeRefused,
     Command,
     CreateQr,
     Deliver,
@@ -38,6 +42,7 @@ from kiosk.sale import (
     OrderClosed,
     OrderFailed,
     PaymentVerified,
+    ProviderClosed,
     QrReady,
     Refund,
     RefundConfirmed,
@@ -75,7 +80,7 @@ class SaleRunner:
         self,
         *,
         journal: Journal,
-        provider: Provider,
+        providers: dict[str, Provider],
         slots: dict[str, Slot],
         relays: dict[str, Relay],
         sensors: dict[str, Input],
@@ -87,7 +92,7 @@ class SaleRunner:
         listener: Listener | None = None,
     ) -> None:
         self._journal = journal
-        self._provider = provider
+        self._providers = providers
         self._slots = slots
         self._relays = relays
         self._sensors = sensors
@@ -98,23 +103,36 @@ class SaleRunner:
         self._retry = retry or Retry()
         self._listeners: list[Listener] = [listener] if listener else []
         self.sale = Sale()
+        self.last_refusal: str | None = None
+        # Recovery sets this: a payment found verified after a restart is delivered or refunded
+        # by the recovery policy, not delivered on the spot.
+        self.hold_delivery = False
 
     @property
-    def provider_name(self) -> str:
-        return self._provider.name
+    def providers(self) -> dict[str, Provider]:
+        return self._providers
+
+    def provider_for(self, order_id: str | None = None) -> Provider:
+        attempt = self.sale.attempt(order_id)
+        if attempt is None:
+            raise KeyError(f"sale {self.sale.order_id} has no payment attempt {order_id}")
+        return self._providers[attempt.provider]
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def order(self, sale: Sale | None = None) -> Order:
-        sale = sale or self.sale
+    def order(self, order_id: str | None = None) -> Order:
+        """The provider-side order of one payment attempt (default: the sale's QR order)."""
+        sale = self.sale
         assert sale.order_id is not None and sale.slot_id is not None
+        attempt = sale.attempt(order_id)
         slot = self._slots[sale.slot_id]
         return Order(
-            order_id=sale.order_id,
+            order_id=attempt.order_id if attempt else sale.order_id,
             amount_minor=sale.amount_minor,
             currency=sale.currency,
             subject=f"{self._subject_prefix} {slot.names.en}",
+            mode=attempt.mode if attempt else PaymentMode.QR,
         )
 
     def adopt(self, sale: Sale) -> None:
@@ -127,8 +145,8 @@ class SaleRunner:
         sale, commands = before.handle(event)
         if sale is before:
             return
-        if sale.state is not before.state or sale.order_id != before.order_id:
-            self._journal.record(sale, self._provider.name, note)
+        if sale.state is not before.state or sale.attempts != before.attempts:
+            self._journal.record(sale, note=note)
         self.sale = sale
         detail = type(event).__name__
         for listener in self._listeners:
@@ -140,66 +158,104 @@ class SaleRunner:
 
     async def _run(self, command: Command) -> None:
         match command:
-            case CreateQr():
-                await self._create_qr()
-            case CloseOrder():
-                await self.close_order()
+            case CreateQr(order_id=order_id):
+                await self._create_qr(order_id)
+            case ChargeCode(order_id=order_id, code=code):
+                await self._charge_code(order_id, code)
+            case CloseOrder(order_id=order_id):
+                await self.close_order(order_id or None)
             case BeginDelivery():
-                await self.step(DeliveryStarted(self._clock()))
+                if not self.hold_delivery:
+                    await self.step(DeliveryStarted(self._clock()))
             case Deliver(slot_id=slot_id):
                 await self._deliver(slot_id)
-            case Refund(refund_id=refund_id):
-                await self.refund(refund_id)
+            case Refund(refund_id=refund_id, order_id=order_id):
+                await self.refund(refund_id, order_id or None)
             case Finished(state=state):
                 self._report(state)
 
     # ------------------------------------------------------------ payments
 
-    async def _create_qr(self) -> None:
+    async def _create_qr(self, order_id: str) -> None:
         try:
-            qr = await self._provider.create_qr(self.order())
+            qr = await self.provider_for(order_id).create_qr(self.order(order_id))
         except PaymentError as exc:
             log.warning("order %s: could not create the QR: %s", self.sale.order_id, exc)
             await self.step(OrderFailed(str(exc), self._clock()))
             return
         await self.step(QrReady(qr.qr_content, self._clock(), self._timeout_s))
 
-    async def query(self) -> PaymentStatus | None:
+    async def _charge_code(self, order_id: str, code: str) -> None:
+        self.last_refusal = None
+        try:
+            status = await self.provider_for(order_id).charge_code(self.order(order_id), code)
+        except PaymentRejected as exc:
+            # A definitive, verified refusal: no money moved; the tourist may try again.
+            self.last_refusal = exc.code
+            await self.step(CodeRefused(order_id, str(exc), self._clock()))
+            return
+        except PaymentError as exc:
+            # Unknown: the engine's polling settles it by query, then cancel/reverse.
+            log.warning("order %s: charge outcome unknown: %s", order_id, exc)
+            return
+        await self.apply_status(status, order_id)
+
+    async def apply_status(self, status: PaymentStatus, order_id: str | None = None) -> None:
+        """Feed a provider's answer about one attempt into the sale."""
+        now = self._clock()
+        if status.state is PaymentState.PAID:
+            await self.verified_paid(status, order_id)
+        elif status.state is PaymentState.PENDING and status.buyer_scanned:
+            await self.step(BuyerScanned(now, order_id))
+        elif status.state in (PaymentState.CLOSED, PaymentState.REFUNDED):
+            await self.step(ProviderClosed(now, order_id))
+
+    async def query(self, order_id: str | None = None) -> PaymentStatus | None:
         """One status query; None when the outcome stays unknown (the caller polls again)."""
         try:
-            return await self._provider.query(self.order())
+            return await self.provider_for(order_id).query(self.order(order_id))
         except OutcomeUnknown as exc:
-            log.warning("order %s: query outcome unknown: %s", self.sale.order_id, exc)
+            log.warning("order %s: query outcome unknown: %s", order_id or self.sale.order_id, exc)
             return None
         except PaymentRejected as exc:
-            log.warning("order %s: query rejected: %s", self.sale.order_id, exc)
+            log.warning("order %s: query rejected: %s", order_id or self.sale.order_id, exc)
             return None
 
-    async def close_order(self) -> None:
-        """Close the order at the provider (idempotent); steps to a final state when confirmed."""
-        order = self.order()
+    async def close_order(self, order_id: str | None = None) -> None:
+        """Close one attempt at its provider (idempotent); a close that finds it paid refunds it."""
+        order = self.order(order_id)
+        provider = self.provider_for(order_id)
+        attempt = self.sale.attempt(order_id)
+        if attempt is not None and order.mode is PaymentMode.CODE:
+            # WeChat refuses to reverse a micropay younger than 15 s: wait out the rest.
+            floor = provider.code_poll.cancel_not_before_s
+            wait = attempt.started + floor - self._clock()
+            if 0 < wait <= floor:
+                await asyncio.sleep(wait)
         last_error: Exception | None = None
         for delay in [*self._retry.delays(), None]:
             try:
-                outcome = await self._provider.cancel(order)
+                outcome = await provider.cancel(order)
             except PaymentError as exc:
                 last_error = exc
                 log.warning("order %s: close failed: %s", order.order_id, exc)
             else:
-                await self.step(OrderClosed(outcome.refunded, self._clock()))
+                await self.step(OrderClosed(outcome.refunded, self._clock(), order.order_id))
                 return
             if delay is not None:
                 await asyncio.sleep(delay)
         raise Unresolved(f"order {order.order_id} could not be closed: {last_error}")
 
-    async def refund(self, refund_id: str) -> None:
-        """Refund in full with this refund id (reused on every retry); steps to REFUNDED."""
-        order = self.order()
+    async def refund(self, refund_id: str, order_id: str | None = None) -> None:
+        """Refund the winning payment in full with this refund id (reused on every retry)."""
+        order_id = order_id or self.sale.winner
+        order = self.order(order_id)
+        provider = self.provider_for(order_id)
         last_error: Exception | None = None
         for delay in [*self._retry.delays(), None]:
             try:
                 # The same refund id on every retry: the provider refunds it once.
-                await self._provider.refund(order, refund_id)
+                await provider.refund(order, refund_id)
             except PaymentError as exc:
                 last_error = exc
                 log.warning("order %s: refund %s failed: %s", order.order_id, refund_id, exc)
@@ -210,13 +266,14 @@ class SaleRunner:
                 await asyncio.sleep(delay)
         raise Unresolved(f"order {order.order_id} refund {refund_id} not confirmed: {last_error}")
 
-    async def verified_paid(self, status: PaymentStatus) -> bool:
+    async def verified_paid(self, status: PaymentStatus, order_id: str | None = None) -> bool:
         """Step to PAID on a provider-verified success whose amount and currency are ours too."""
         if status.state is not PaymentState.PAID:
             return False
         sale = self.sale
+        expected = order_id or sale.order_id
         if (
-            status.order_id != sale.order_id
+            status.order_id != expected
             or status.amount_minor != sale.amount_minor
             or status.currency != sale.currency
         ):
@@ -224,7 +281,7 @@ class SaleRunner:
             # there must not turn into a delivery on someone else's payment.
             log.error("order %s: paid status does not match the sale; ignored", sale.order_id)
             return False
-        await self.step(PaymentVerified(status.provider_txn_id, self._clock()))
+        await self.step(PaymentVerified(status.provider_txn_id, self._clock(), order_id))
         return True
 
     # ------------------------------------------------------------ delivery
@@ -276,7 +333,7 @@ class SaleRunner:
         """Recovery of a paid sale whose delivery is unknown: deliver (again) or refund, by policy.
         The choice is journaled before it is carried out."""
         note: dict[str, object] = {"recovery": reason, "policy": "deliver" if deliver else "refund"}
-        self._journal.record(self.sale, self._provider.name, note)
+        self._journal.record(self.sale, note=note)
         if deliver and self.sale.state is SaleState.PAID:
             await self.step(DeliveryStarted(self._clock()), note)
         elif deliver and self.sale.state is SaleState.DELIVERING and self.sale.slot_id is not None:
@@ -288,12 +345,14 @@ class SaleRunner:
 
     def _report(self, state: SaleState) -> None:
         sale = self.sale
+        winner = sale.attempt(sale.winner) if sale.winner else None
         data: dict[str, object] = {
             "order_id": sale.order_id,
             "slot_id": sale.slot_id,
             "amount_minor": sale.amount_minor,
             "currency": sale.currency,
-            "provider": self._provider.name,
+            "provider": winner.provider if winner else None,
+            "mode": winner.mode.value if winner else None,
             "state": state.value,
             "provider_txn_id": sale.provider_txn_id,
         }

@@ -42,6 +42,9 @@ class Screen:
     # PAY: the provider's QR content, shown as a QR code, and whole seconds left to pay
     qr_content: str | None = None
     seconds_left: int | None = None
-    # CANCELLED, OUT_OF_SERVICE: why, in both languages
+    # CANCELLED, OUT_OF_SERVICE: why, in both languages. PAY, CONFIRMING, IDLE: a short notice
+    # over the screen, e.g. why a scanned payment code was refused.
     reason_en: str | None = None
     reason_zh: str | None = None
+    # PAY: the tourist can also show their wallet's payment code to the scanner
+    scanner: bool = False
