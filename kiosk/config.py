@@ -285,13 +285,51 @@ class RecoveryConfig(Strict):
 
 
 class MqttConfig(Strict):
-    url: str | None = Field(default=None, description="mqtt://host:port; none = queue only")
+    url: str | None = Field(default=None, description="mqtt://host:port or mqtts://host:port; none = queue only")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     topic_prefix: str = "kiosk/v1"
+    # MQTT 5 Will Delay (and the session expiry that makes it work): a Wi-Fi drop shorter than
+    # this reconnects before the broker publishes "lost", so the fleet view does not flap.
+    will_delay_s: int = Field(default=10, ge=0, le=3600)
+    # TLS (mqtts://): the CA that signed the broker's certificate (default: the system's), and
+    # this device's client certificate and key for mutual TLS (its CN is the device id).
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # QoS 1 publishes in flight at once while draining the outbox, and the replay rate cap after
+    # an outage (0: no cap) so a fleet coming back at once does not flood the broker.
+    max_inflight: int = Field(default=20, ge=1, le=1000)
+    replay_rate_per_s: float = Field(default=500, ge=0)
+    backoff_max_s: float = Field(default=60, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.cert_file and mqtt.key_file go together (mutual TLS needs both)")
+        return self
 
 
 class OutboxConfig(Strict):
     path: Path = Path("/var/lib/kiosk/outbox.sqlite")
+    # Money records (sales, refunds) are never dropped: at this many waiting, selling stops and
+    # an alarm is raised until the broker takes some. Other records drop oldest over their quota.
+    money_limit: int = Field(default=50_000, ge=10)
+    telemetry_limit: int = Field(default=10_000, ge=1)
+
+
+class FleetConfig(Strict):
+    """What operators may do over MQTT, and what the kiosk reports."""
+
+    # Ed25519 public key (PEM) of the fleet: commands that move money or goods must be signed
+    # by its private key. Without it, such commands are refused.
+    public_key_file: Path | None = None
+    signed_commands: list[str] = ["refund", "test_relay"]
+    command_max_age_s: float = Field(default=300, gt=0, le=86400)
+    telemetry_interval_s: float = Field(default=60, ge=1, le=86400)
+    ha_discovery: bool = False
+    ha_discovery_prefix: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    # Run after a clean stop when an operator asks for a reboot.
+    reboot_command: list[str] = ["systemctl", "reboot"]
 
 
 class DeviceIdentity(Strict):
@@ -319,6 +357,7 @@ class KioskConfig(BaseSettings):
     recovery: RecoveryConfig = RecoveryConfig()
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
+    fleet: FleetConfig = FleetConfig()
 
     @model_validator(mode="after")
     def _selection_matches_catalog(self) -> KioskConfig:
@@ -412,6 +451,8 @@ def _resolve_relative_paths(config: KioskConfig, base: Path) -> KioskConfig:
         "journal": config.journal.model_copy(update={"path": fix(config.journal.path)}),
         "outbox": config.outbox.model_copy(update={"path": fix(config.outbox.path)}),
         "screens": config.screens.model_copy(update={"font_path": fix(config.screens.font_path)}),
+        "mqtt": config.mqtt.model_copy(update={k: fix(v) for k, v in config.mqtt if isinstance(v, Path)}),
+        "fleet": config.fleet.model_copy(update={k: fix(v) for k, v in config.fleet if isinstance(v, Path)}),
     }
     sections: dict[str, Any] = {}
     for name, section in _payment_sections(config):
@@ -443,9 +484,22 @@ def check_files(config: KioskConfig) -> list[str]:
                 problems.append(f"payments.{name}.{key}: file {value} does not exist")
             elif _is_secret(key) and os.name == "posix" and value.stat().st_mode & 0o077:
                 problems.append(f"payments.{name}.{key}: {value} is readable by others; chmod 600 it")
+    problems += _fleet_file_problems(config)
     if not config.screens.font_path.is_file():
         problems.append(
             f"screens.font_path: font {config.screens.font_path} not found "
             "(install fonts-wqy-microhei or fonts-noto-cjk, or point to a CJK font)"
         )
+    return problems
+
+
+def _fleet_file_problems(config: KioskConfig) -> list[str]:
+    problems: list[str] = []
+    files = [(f"mqtt.{k}", v) for k, v in config.mqtt if isinstance(v, Path)]
+    files += [(f"fleet.{k}", v) for k, v in config.fleet if isinstance(v, Path)]
+    for key, value in files:
+        if not value.is_file():
+            problems.append(f"{key}: file {value} does not exist")
+        elif key == "mqtt.key_file" and os.name == "posix" and value.stat().st_mode & 0o077:
+            problems.append(f"{key}: {value} is readable by others; chmod 600 it")
     return problems
