@@ -17,6 +17,7 @@ from PIL import Image
 from devices.gpio import ButtonBank, GpioInput, GpioRelay, install_pin_factory
 from devices.png import PngDisplay
 from devices.scanner import PtyScanner, SerialScanner
+from kiosk import crashpoints
 from kiosk.config import KioskConfig, SelectionMode
 from kiosk.engine import CANCEL, Engine
 from kiosk.fleet.link import FleetLink
@@ -137,7 +138,9 @@ class KioskApp:
         providers = self._providers or build_providers(config)
 
         def emit_event(kind: str, data: dict[str, object], money: bool) -> None:
+            crashpoints.reached("outbox.before")
             outbox.put_event(kind, data, money=money)
+            crashpoints.reached("outbox.after")
             link.notify()
 
         async def show(screen: Screen) -> None:

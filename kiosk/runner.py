@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from devices.base import Input, Relay
+from kiosk import crashpoints
 from kiosk.config import HoldDelivery, PulseDelivery, PulsesDelivery, Slot
 from kiosk.journal import Journal
 from kiosk.payments.base import (
@@ -146,7 +147,9 @@ class SaleRunner:
         if sale is before:
             return
         if sale.state is not before.state or sale.attempts != before.attempts:
+            crashpoints.reached(f"journal.before:{sale.state.value}")
             self._journal.record(sale, note=note)
+            crashpoints.reached(f"journal.after:{sale.state.value}")
         self.sale = sale
         detail = type(event).__name__
         for listener in self._listeners:
@@ -178,7 +181,9 @@ class SaleRunner:
 
     async def _create_qr(self, order_id: str) -> None:
         try:
+            crashpoints.reached("provider.before:create_qr")
             qr = await self.provider_for(order_id).create_qr(self.order(order_id))
+            crashpoints.reached("provider.after:create_qr")
         except PaymentError as exc:
             log.warning("order %s: could not create the QR: %s", self.sale.order_id, exc)
             await self.step(OrderFailed(str(exc), self._clock()))
@@ -188,7 +193,9 @@ class SaleRunner:
     async def _charge_code(self, order_id: str, code: str) -> None:
         self.last_refusal = None
         try:
+            crashpoints.reached("provider.before:charge_code")
             status = await self.provider_for(order_id).charge_code(self.order(order_id), code)
+            crashpoints.reached("provider.after:charge_code")
         except PaymentRejected as exc:
             # A definitive, verified refusal: no money moved; the tourist may try again.
             self.last_refusal = exc.code
@@ -213,7 +220,10 @@ class SaleRunner:
     async def query(self, order_id: str | None = None) -> PaymentStatus | None:
         """One status query; None when the outcome stays unknown (the caller polls again)."""
         try:
-            return await self.provider_for(order_id).query(self.order(order_id))
+            status = await self.provider_for(order_id).query(self.order(order_id))
+            if status.state is PaymentState.PAID:
+                crashpoints.reached("provider.after:query_paid")
+            return status
         except OutcomeUnknown as exc:
             log.warning("order %s: query outcome unknown: %s", order_id or self.sale.order_id, exc)
             return None
@@ -235,7 +245,9 @@ class SaleRunner:
         last_error: Exception | None = None
         for delay in [*self._retry.delays(), None]:
             try:
+                crashpoints.reached("provider.before:cancel")
                 outcome = await provider.cancel(order)
+                crashpoints.reached("provider.after:cancel")
             except PaymentError as exc:
                 last_error = exc
                 log.warning("order %s: close failed: %s", order.order_id, exc)
@@ -255,7 +267,9 @@ class SaleRunner:
         for delay in [*self._retry.delays(), None]:
             try:
                 # The same refund id on every retry: the provider refunds it once.
+                crashpoints.reached("provider.before:refund")
                 await provider.refund(order, refund_id)
+                crashpoints.reached("provider.after:refund")
             except PaymentError as exc:
                 last_error = exc
                 log.warning("order %s: refund %s failed: %s", order.order_id, refund_id, exc)
@@ -295,7 +309,9 @@ class SaleRunner:
         if sensor is not None and slot.confirm is not None:
             confirmed = asyncio.create_task(sensor.wait_active(self._delivery_window(slot)))
         try:
+            crashpoints.reached("relay.before")
             await self._move_relay(slot, relay)
+            crashpoints.reached("relay.after")
         except Exception as exc:  # a relay driver failure must end in a refund, not a crash
             if confirmed is not None:
                 confirmed.cancel()
