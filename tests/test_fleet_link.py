@@ -19,7 +19,7 @@ import pytest
 from broker import Mosquitto
 
 from kiosk.config import MqttConfig
-from kiosk.fleet import FleetConfigError, FleetLink, MessageClass, Outbox, Topics, parse_mqtt_url
+from kiosk.fleet import BrokerAddress, FleetConfigError, FleetLink, MessageClass, Outbox, Topics, parse_mqtt_url
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = Topics("kiosk/v1", "fleet-a", "k-001")
@@ -29,7 +29,8 @@ def make_link(url: str | None, tmp_path: Path, **kwargs: float) -> tuple[FleetLi
     outbox = Outbox(tmp_path / "outbox.sqlite", TOPICS)
     params: dict[str, float] = {"backoff_initial_s": 0.2, "backoff_max_s": 0.5, "timeout_s": 5.0}
     params.update(kwargs)
-    link = FleetLink(MqttConfig(url=url, keepalive_s=5), TOPICS, outbox, client_id="k-001", **params)
+    config = MqttConfig(url=url, keepalive_s=5, will_delay_s=0)
+    link = FleetLink(config, TOPICS, outbox, client_id="k-001", **params)
     return link, outbox
 
 
@@ -107,12 +108,13 @@ def test_parse_mqtt_url() -> None:
     address = parse_mqtt_url("mqtt://10.0.0.5:8883")
     assert (address.host, address.port, str(address)) == ("10.0.0.5", 8883, "10.0.0.5:8883")
     assert str(parse_mqtt_url("mqtt://[::1]:1884")) == "[::1]:1884"
+    assert parse_mqtt_url("mqtts://broker.example") == BrokerAddress("broker.example", 8883, tls=True)
+    assert not parse_mqtt_url("mqtt://broker.example").tls
 
 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("mqtts://broker:8883", "mqtts:// (TLS) is not supported yet"),
         ("http://broker", "scheme 'http' is not supported"),
         ("broker:1883", "is not supported"),
         ("mqtt://", "has no host"),
@@ -267,19 +269,24 @@ url, db = sys.argv[1:3]
 topics = Topics("kiosk/v1", "fleet-a", "k-001")
 
 async def main() -> None:
-    link = FleetLink(MqttConfig(url=url, keepalive_s=5), topics, Outbox(Path(db), topics), client_id="k-001")
+    config = MqttConfig(url=url, keepalive_s=5, will_delay_s=int(sys.argv[3]))
+    link = FleetLink(config, topics, Outbox(Path(db), topics), client_id="k-001")
     await link.run()
 
 asyncio.run(main())
 """
 
 
-async def test_killed_process_leaves_will_lost(tmp_path: Path, mosquitto: Mosquitto) -> None:
+async def start_child(mosquitto: Mosquitto, tmp_path: Path, will_delay_s: int) -> asyncio.subprocess.Process:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, mosquitto.url, str(tmp_path / "child.sqlite"), str(will_delay_s), cwd=REPO, env=env
+    )
+
+
+async def test_killed_process_leaves_will_lost(tmp_path: Path, mosquitto: Mosquitto) -> None:
     async with watching(mosquitto, TOPICS.status) as w:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, mosquitto.url, str(tmp_path / "child.sqlite"), cwd=REPO, env=env
-        )
+        child = await start_child(mosquitto, tmp_path, 0)
         try:
             online = await w.wait_for(lambda s: s.body["state"] == "online", timeout=15)
         finally:
@@ -289,6 +296,28 @@ async def test_killed_process_leaves_will_lost(tmp_path: Path, mosquitto: Mosqui
     assert lost.body["session"] == online.body["session"]
     status = await retained_status(mosquitto)
     assert status["state"] == "lost"
+
+
+async def test_will_delay_waits_and_a_quick_reconnect_sends_no_lost(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async with watching(mosquitto, TOPICS.status) as w:
+        child = await start_child(mosquitto, tmp_path, 3)
+        await w.wait_for(lambda s: s.body["state"] == "online", timeout=15)
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+        killed = time.monotonic()
+        # Back within the Will Delay (a Wi-Fi drop, a quick restart): no "lost" at all.
+        child = await start_child(mosquitto, tmp_path, 3)
+        try:
+            await w.wait_for(lambda s: s.body["state"] == "online" and s.body["session"] == 2, timeout=15)
+            await asyncio.sleep(max(0.0, killed + 4.0 - time.monotonic()))
+            assert "lost" not in [s.body["state"] for s in w.statuses()]
+        finally:
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+        killed = time.monotonic()
+        lost = await w.wait_for(lambda s: s.body["state"] == "lost", timeout=10)
+        assert time.monotonic() - killed >= 2.0, "the Will came before its delay"
+        assert lost.body["session"] == 2
 
 
 async def test_aclose_during_backoff_and_cancel(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:

@@ -1,9 +1,16 @@
 """Store-and-forward outbox: events wait in SQLite until the broker has acknowledged them.
 
 Two classes of message:
-- money (sale, refund): never dropped. If the disk fills, put_event raises and the caller must
-  stop selling; silently losing a sale record is worse than refusing the next sale.
-- telemetry: bounded; when over its quota the oldest telemetry rows are dropped (and counted).
+- money (sale, refund, recovery): never dropped. `money_full` turns true at the money limit and
+  the app stops selling (and raises an alarm) until the broker has taken some; if the disk fills,
+  put_event raises and selling stops too. Silently losing a sale record is worse than refusing
+  the next sale.
+- telemetry (telemetry samples and every other event): bounded; over its quota the oldest rows
+  are dropped (and counted).
+
+The same file keeps the little state the fleet link needs across restarts: session and sequence
+counters, raised alarms, the applied desired-config version, and the nonces of signed commands
+already run (so a replay is refused even after a reboot).
 
 Every event gets a per-device sequence number from a counter kept in the same database and
 advanced in the same transaction as the insert, so numbers never repeat after a crash or reboot
@@ -26,8 +33,9 @@ from typing import Any
 
 from kiosk.fleet.topics import Topics
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_TELEMETRY_LIMIT = 10_000
+DEFAULT_MONEY_LIMIT = 50_000
 
 # Separate statements: executescript() would COMMIT our open transaction first.
 _SCHEMA = (
@@ -42,6 +50,8 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS outbox_class_pos ON outbox (class, pos)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires REAL NOT NULL)",
 )
 
 
@@ -58,6 +68,12 @@ class OutboxRecord:
     kind: str
     topic: str
     payload: bytes  # the UTF-8 JSON envelope, published as is
+    pos: int = 0  # insertion order in the outbox
+
+    def historical_payload(self) -> bytes:
+        """The envelope with `"historical":true`: a replay of a record queued while offline
+        (Sparkplug's is_historical), so a backend does not mistake it for live state."""
+        return b'{"historical":true,' + self.payload[1:]
 
     @property
     def money(self) -> bool:
@@ -74,12 +90,20 @@ def utc_now_iso() -> str:
 
 
 class Outbox:
-    def __init__(self, path: Path, topics: Topics, *, telemetry_limit: int = DEFAULT_TELEMETRY_LIMIT):
+    def __init__(
+        self,
+        path: Path,
+        topics: Topics,
+        *,
+        telemetry_limit: int = DEFAULT_TELEMETRY_LIMIT,
+        money_limit: int = DEFAULT_MONEY_LIMIT,
+    ):
         if telemetry_limit < 1:
             raise ValueError("telemetry_limit must be at least 1")
         self.path = path
         self.topics = topics
         self.telemetry_limit = telemetry_limit
+        self.money_limit = money_limit
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken
         # before the counter is read and two writers can never hand out the same seq.
@@ -109,9 +133,9 @@ class Outbox:
 
     # ------------------------------------------------------------------ writing
 
-    def put_event(self, kind: str, data: dict[str, object], *, money: bool) -> str:
+    def put_event(self, kind: str, data: dict[str, object], *, money: bool, topic: str | None = None) -> str:
         """Store one event; return its id. Raises before storing anything if data is not JSON."""
-        topic = self.topics.event(kind)
+        topic = topic or self.topics.event(kind)
         message_class = MessageClass.MONEY if money else MessageClass.TELEMETRY
         event_id = uuid.uuid4().hex
         with self._transaction():
@@ -156,6 +180,41 @@ class Outbox:
         with self._transaction():
             return self._next_counter(f"session:{self.topics.device}")
 
+    def ack_many(self, record_ids: list[str]) -> int:
+        """Delete several acknowledged records in one transaction (one fsync); returns how many."""
+        if not record_ids:
+            return 0
+        with self._transaction():
+            cursor = self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in record_ids])
+            return cursor.rowcount
+
+    @property
+    def money_full(self) -> bool:
+        """True when money records reached the limit: stop selling until the broker takes some."""
+        return self.depth(MessageClass.MONEY) >= self.money_limit
+
+    def get_state(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, name: str, value: str | None) -> None:
+        with self._transaction():
+            if value is None:
+                self._db.execute("DELETE FROM state WHERE name = ?", (name,))
+            else:
+                self._db.execute(
+                    "INSERT INTO state (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
+
+    def use_nonce(self, nonce: str, expires: float, now: float) -> bool:
+        """Record a signed command's nonce; False if it was seen before (a replay)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM nonces WHERE expires < ?", (now,))
+            cursor = self._db.execute("INSERT OR IGNORE INTO nonces (nonce, expires) VALUES (?, ?)", (nonce, expires))
+            return cursor.rowcount == 1
+
     def ack(self, record_id: str) -> bool:
         """Delete a record the broker has acknowledged. Unknown ids are ignored (returns False)."""
         with self._transaction():
@@ -164,15 +223,23 @@ class Outbox:
 
     # ------------------------------------------------------------------ reading
 
-    def pending(self, limit: int) -> list[OutboxRecord]:
-        """Up to `limit` records, oldest first (insertion order, across both classes)."""
+    def pending(self, limit: int, after_pos: int = 0) -> list[OutboxRecord]:
+        """Up to `limit` records after `after_pos`, oldest first (insertion order, both classes)."""
         rows = self._db.execute(
-            "SELECT id, seq, class, kind, topic, payload FROM outbox ORDER BY pos LIMIT ?", (limit,)
+            "SELECT id, seq, class, kind, topic, payload, pos FROM outbox WHERE pos > ? ORDER BY pos LIMIT ?",
+            (after_pos, limit),
         ).fetchall()
         return [
-            OutboxRecord(id=r[0], seq=r[1], message_class=MessageClass(r[2]), kind=r[3], topic=r[4], payload=r[5])
+            OutboxRecord(
+                id=r[0], seq=r[1], message_class=MessageClass(r[2]), kind=r[3], topic=r[4], payload=r[5], pos=r[6]
+            )
             for r in rows
         ]
+
+    def last_pos(self) -> int:
+        """The newest record's position (0 when empty): records up to it were queued before now."""
+        row = self._db.execute("SELECT max(pos) FROM outbox").fetchone()
+        return int(row[0] or 0)
 
     def depth(self, message_class: MessageClass | None = None) -> int:
         """Records waiting, all or of one class (money depth is what a stop-selling rule watches)."""
