@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from kiosk.config import KioskConfig, SelectionMode
+from kiosk.config import Catalog, KioskConfig, SelectionMode
 from kiosk.journal import Journal
 from kiosk.money import format_amount
 from kiosk.payments.base import PaymentMode
@@ -36,6 +36,7 @@ from kiosk.screens.model import ProductLine, Screen, ScreenKind
 log = logging.getLogger(__name__)
 
 CANCEL = "cancel"
+WAKE = ""  # put into the presses queue so the idle loop looks again (maintenance, new catalog)
 NOTICE_S = 4.0  # how long a notice (e.g. a refused code) stays over the pay screen
 ShowScreen = Callable[[Screen], Awaitable[None]]
 
@@ -85,6 +86,7 @@ class Engine:
         self.sales_finished: list[Sale] = []
         self.out_of_service: str | None = None
         self.rejected_scans = 0
+        self.maintenance = False
 
     @property
     def stopping(self) -> bool:
@@ -98,6 +100,16 @@ class Engine:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def set_maintenance(self, on: bool) -> None:
+        """Operators: stop offering sales (one under way finishes) until switched off again."""
+        self.maintenance = on
+        self._presses.put_nowait(WAKE)
+
+    def replace_catalog(self, catalog: Catalog) -> None:
+        """Operators: new names and prices; a sale under way keeps the amount it was created with."""
+        self._config = self._config.model_copy(update={"catalog": catalog})
+        self._presses.put_nowait(WAKE)
+
     def product_line(self, slot_id: str) -> ProductLine:
         slot = self._config.catalog.slot(slot_id)
         return ProductLine(slot.id, slot.names.en, slot.names.zh_hans, format_amount(slot.price, slot.currency))
@@ -106,15 +118,17 @@ class Engine:
 
     async def run(self) -> None:
         while not self._stop.is_set():
-            reason = self._can_sell()
+            reason = "Under maintenance" if self.maintenance else self._can_sell()
             if reason is not None:
-                await self._show_out_of_service(reason, "暂停服务")
-                await self._sleep_or_stop(5)
+                await self._show_out_of_service(reason, "维护中" if self.maintenance else "暂停服务")
+                await self._wait_input(5)  # presses are ignored; a WAKE ends the wait early
                 continue
             await self._show_idle()
             slot_id = await self._next_selection()
             if slot_id is None:
                 break
+            if slot_id == WAKE or self.maintenance or self._can_sell() is not None:
+                continue
             sale = await self.sell(slot_id)
             if sale.state is SaleState.CANCELLED and sale.close_reason is CloseReason.PROVIDER_ERROR:
                 await self._show_out_of_service("Payment service unavailable", "支付服务暂不可用")
