@@ -24,6 +24,7 @@ from kiosk.fleet.link import FleetLink
 from kiosk.fleet.outbox import Outbox
 from kiosk.fleet.topics import Topics
 from kiosk.journal import Journal
+from kiosk.operator import KioskOperator
 from kiosk.payments.base import Provider
 from kiosk.recovery import Recovery
 from kiosk.runner import Listener, SaleRunner
@@ -115,6 +116,7 @@ class KioskApp:
         self.outbox: Outbox | None = None
         self.link: FleetLink | None = None
         self.journal: Journal | None = None
+        self.operator: KioskOperator | None = None
         self.on_ready: Callable[[], Awaitable[None] | None] | None = None
         self.scans: asyncio.Queue[str] | None = None
 
@@ -136,10 +138,12 @@ class KioskApp:
         self.link = link = FleetLink(config.mqtt, topics, outbox, client_id=config.device.id)
         self.hardware = hw = build_hardware(config, loop)
         providers = self._providers or build_providers(config)
+        # Fleet: commands, alarms, telemetry, birth and desired config around the link.
+        self.operator = operator = KioskOperator(self, topics, providers)
 
         def emit_event(kind: str, data: dict[str, object], money: bool) -> None:
             crashpoints.reached("outbox.before")
-            outbox.put_event(kind, data, money=money)
+            operator.agent.emit(kind, data, money)  # the outbox, plus derived events and counters
             crashpoints.reached("outbox.after")
             link.notify()
 
@@ -162,7 +166,8 @@ class KioskApp:
         scans: asyncio.Queue[str] | None = asyncio.Queue(maxsize=8) if hw.scanner is not None else None
         self.scans = scans
         self.engine = engine = Engine(
-            config, runner, journal, show, hw.buttons.presses, scans=scans, reconcile=recovery.reconcile
+            config, runner, journal, show, hw.buttons.presses, scans=scans, reconcile=recovery.reconcile,
+            can_sell=operator.can_sell,
         )
         runner.add_listener(engine.show_state)
         if self._listener is not None:
@@ -171,6 +176,7 @@ class KioskApp:
             engine.request_stop()
 
         link_task = asyncio.create_task(link.run(), name="fleet-link")
+        fleet_task = asyncio.create_task(operator.run(), name="fleet-agent")
         scanner_task = asyncio.create_task(self._drain_scanner(), name="scanner")
         try:
             await show(Screen(ScreenKind.OUT_OF_SERVICE, reason_en="Starting up", reason_zh="正在启动"))
@@ -183,6 +189,9 @@ class KioskApp:
             scanner_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await scanner_task
+            fleet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fleet_task
             await link.aclose()
             link_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -194,6 +203,8 @@ class KioskApp:
             hw.close()
             outbox.close()
             journal.close()
+            if operator.after_stop is not None:
+                operator.after_stop()  # an operator's reboot or restart, now that all is closed
 
     async def _drain_scanner(self) -> None:
         """Scanner lines to the engine. A full queue drops the line: a tourist scanning again and
