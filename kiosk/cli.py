@@ -18,7 +18,12 @@ EXIT_CONFIG = 2
 
 # More subcommands, one module each: `register(subparsers)` adds a parser whose defaults set
 # `func=handler`, and `handler(args) -> int` runs it.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "kiosk.commands.provision",
+    "kiosk.commands.journal",
+    "kiosk.commands.update",
+    "kiosk.commands.selftest",
+]
 
 
 def _parser() -> argparse.ArgumentParser:

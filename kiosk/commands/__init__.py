@@ -1,0 +1,1 @@
+"""`kiosk` subcommands, one module each, listed in kiosk.cli.COMMAND_MODULES."""
