@@ -10,21 +10,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from PIL import Image
 
-from devices.gpio import ButtonBank, GpioInput, GpioRelay, install_pin_factory
-from devices.png import PngDisplay
-from devices.scanner import PtyScanner, SerialScanner
 from kiosk import crashpoints
-from kiosk.config import KioskConfig, SelectionMode
-from kiosk.engine import CANCEL, Engine
+from kiosk.config import KioskConfig
+from kiosk.engine import Engine
 from kiosk.fleet.link import FleetLink
 from kiosk.fleet.outbox import Outbox
 from kiosk.fleet.topics import Topics
+from kiosk.hardware import Hardware, build_hardware
 from kiosk.journal import Journal
 from kiosk.operator import KioskOperator
+from kiosk.ops.service import OpsHooks
 from kiosk.payments.base import Provider
 from kiosk.recovery import Recovery
 from kiosk.runner import Listener, SaleRunner
@@ -43,59 +41,6 @@ def build_providers(config: KioskConfig) -> dict[str, Provider]:
     from kiosk.payments.registry import build_provider
 
     return {name: build_provider(name, config) for name in config.payments.used_providers()}
-
-
-@dataclass
-class Hardware:
-    display: PngDisplay
-    relays: dict[str, GpioRelay]
-    sensors: dict[str, GpioInput]
-    buttons: ButtonBank
-    pin_factory: object
-    scanner: SerialScanner | None = None
-    closers: list[Callable[[], object]] = field(default_factory=list)
-
-    def close(self) -> None:
-        for relay in self.relays.values():
-            relay.close()
-        for sensor in self.sensors.values():
-            sensor.close()
-        self.buttons.close()
-
-
-def build_hardware(config: KioskConfig, loop: asyncio.AbstractEventLoop) -> Hardware:
-    factory = install_pin_factory(config.gpio.pin_factory)
-    display = PngDisplay(
-        config.display.dir, (config.display.width, config.display.height), keep_frames=config.display.keep_frames
-    )
-    relays = {
-        s.id: GpioRelay(s.relay, active_high=s.relay_active_high, pin_factory=factory) for s in config.catalog.slots
-    }
-    sensors = {
-        s.id: GpioInput(s.confirm.pin, active_high=s.confirm.active_high, pin_factory=factory)
-        for s in config.catalog.slots
-        if s.confirm is not None
-    }
-    names: dict[str, int | str] = {}
-    if config.selection.mode is SelectionMode.BUTTONS:
-        names.update({s.id: s.button for s in config.catalog.slots if s.button is not None})
-    if config.selection.cancel_button is not None:
-        names[CANCEL] = config.selection.cancel_button
-    buttons = ButtonBank(
-        loop,
-        names,
-        active_high=config.selection.button_active_high,
-        bounce_s=config.selection.bounce_s,
-        pin_factory=factory,
-    )
-    scanner: SerialScanner | None = None
-    if config.scanner.type == "pty":
-        scanner = PtyScanner()
-    elif config.scanner.type == "serial":
-        if not config.scanner.port:
-            raise StartupError("scanner.port: a serial scanner needs a port, e.g. /dev/ttyUSB0")
-        scanner = SerialScanner(config.scanner.port, baudrate=config.scanner.baudrate)
-    return Hardware(display, relays, sensors, buttons, factory, scanner)
 
 
 class KioskApp:
@@ -119,9 +64,11 @@ class KioskApp:
         self.operator: KioskOperator | None = None
         self.on_ready: Callable[[], Awaitable[None] | None] | None = None
         self.scans: asyncio.Queue[str] | None = None
+        self.ops = OpsHooks(config)  # sd_notify, watchdog, runtime state, update hold
 
     def request_stop(self) -> None:
         self._stop.set()
+        self.ops.stopping()
         if self.engine is not None:
             self.engine.request_stop()
 
@@ -136,7 +83,7 @@ class KioskApp:
         topics = Topics(config.mqtt.topic_prefix, config.device.fleet, config.device.id)
         self.outbox = outbox = Outbox(config.outbox.path, topics)
         self.link = link = FleetLink(config.mqtt, topics, outbox, client_id=config.device.id)
-        self.hardware = hw = build_hardware(config, loop)
+        self.hardware = hw = await build_hardware(config, loop)
         providers = self._providers or build_providers(config)
         # Fleet: commands, alarms, telemetry, birth and desired config around the link.
         self.operator = operator = KioskOperator(self, topics, providers)
@@ -167,9 +114,10 @@ class KioskApp:
         self.scans = scans
         self.engine = engine = Engine(
             config, runner, journal, show, hw.buttons.presses, scans=scans, reconcile=recovery.reconcile,
-            can_sell=operator.can_sell,
+            can_sell=lambda: operator.can_sell() or self.ops.can_sell(),
         )
         runner.add_listener(engine.show_state)
+        runner.add_listener(self.ops.on_sale)
         if self._listener is not None:
             runner.add_listener(self._listener)
         if self._stop.is_set():
@@ -184,8 +132,10 @@ class KioskApp:
             if open_sales:
                 log.warning("recovery: %d sale(s) still open; will retry between sales", open_sales)
             self.started.set()
+            self.ops.started(self)
             await engine.run()
         finally:
+            self.ops.stopping()
             scanner_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await scanner_task
@@ -205,6 +155,7 @@ class KioskApp:
             journal.close()
             if operator.after_stop is not None:
                 operator.after_stop()  # an operator's reboot or restart, now that all is closed
+            await self.ops.aclose()
 
     async def _drain_scanner(self) -> None:
         """Scanner lines to the engine. A full queue drops the line: a tourist scanning again and

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +20,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from devices import registry
+from devices.display_epd import WaveshareOptions
+from devices.display_fbdev import FbdevOptions
+from devices.display_inky import InkyOptions
+from devices.display_luma import Ili9341Options, St7789Options
+from devices.display_png import PngOptions
+from devices.gpio import GpioOptions
+from devices.scanner_evdev import EvdevOptions
+from devices.scanner_serial import PtyOptions, SerialOptions
+from devices.scanner_stdin import NoneOptions, StdinOptions
 from kiosk.money import CURRENCY_EXPONENTS
 
 DEFAULT_CONFIG_PATH = Path("/etc/kiosk/kiosk.toml")
@@ -217,7 +227,7 @@ class WalletRoutes(Strict):
 
 
 class PaymentsConfig(Strict):
-    # The provider whose QR the screen shows (merchant-presented); None: scanner only.
+    # The provider whose QR the screen shows (merchant-presented); "none": scanner only.
     provider: ProviderName | None = "alipay"
     routes: WalletRoutes = WalletRoutes()
     alipay: AlipayConfig | None = None
@@ -226,6 +236,11 @@ class PaymentsConfig(Strict):
     alipay_plus: AlipayPlusConfig | None = None
     citcon: CitconConfig | None = None
     subject_prefix: str = "Kiosk"
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _none_means_scanner_only(cls, value: object) -> object:
+        return None if value == "none" else value
 
     def used_providers(self) -> list[str]:
         names = [self.provider] if self.provider else []
@@ -245,26 +260,48 @@ class PaymentsConfig(Strict):
 # ---------------------------------------------------------------- devices
 
 
-class DisplayConfig(Strict):
-    type: Literal["png"] = "png"
-    dir: Path = Path("/var/lib/kiosk/frames")
-    width: int = Field(default=800, ge=64, le=4096)
-    height: int = Field(default=480, ge=64, le=4096)
-    keep_frames: bool = Field(default=True, description="write every frame, not only the last one")
+# Each device section names its driver with `type`; the rest is validated by that driver's own
+# options model, declared next to the driver in devices/ (devices/registry.py lists them). An
+# unknown type is reported as `display.type: unknown display 'fbdevv'; known: png, fbdev, ...`.
 
 
-class ScannerConfig(Strict):
-    type: Literal["none", "pty", "serial"] = "none"
-    port: str | None = None
-    baudrate: int = 9600
+def _device_section(kind: str, default_type: str) -> PlainValidator:
+    return PlainValidator(lambda value: registry.parse_options(kind, value, default_type))
 
 
-class GpioConfig(Strict):
-    pin_factory: Literal["mock", "lgpio", "rpigpio", "native"] = "mock"
+# Unions (not the base classes) so code can narrow by `type`: `if config.scanner.type == "serial"`.
+DisplayOptionsUnion = PngOptions | FbdevOptions | St7789Options | Ili9341Options | WaveshareOptions | InkyOptions
+ScannerOptionsUnion = NoneOptions | SerialOptions | PtyOptions | EvdevOptions | StdinOptions
+DisplayConfig = Annotated[DisplayOptionsUnion, _device_section("display", "png")]
+ScannerConfig = Annotated[ScannerOptionsUnion, _device_section("scanner", "none")]
+GpioConfig = Annotated[GpioOptions, _device_section("gpio", "gpiozero")]
+
+Wallet = Literal["alipay", "wechat", "alipay_plus", "unionpay"]
 
 
 class ScreensConfig(Strict):
     font_path: Path = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
+    # Screen languages, in order; each needs a table in the shipped strings or in strings_file.
+    languages: list[str] = Field(default=["en", "zh-Hans"], min_length=1, max_length=4)
+    # More or corrected string tables, same JSON shape as kiosk/screens/strings.json.
+    strings_file: Path | None = None
+    # Wallet badges on the screens; none: the wallets the payments section can take.
+    wallets: list[Wallet] | None = None
+    # CNY per one unit of a price currency, e.g. { USD = 7.1 }: prices then show "≈ 17.8 CNY" too.
+    cny_rates: dict[str, float] = Field(default_factory=dict)
+    # Arm's length: the smallest text, and the smallest QR module phones read at once.
+    min_text_mm: float = Field(default=2.5, ge=1, le=20)
+    min_module_mm: float = Field(default=0.4, ge=0.2, le=3)
+
+    @field_validator("cny_rates")
+    @classmethod
+    def _known_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for currency, rate in value.items():
+            if currency not in CURRENCY_EXPONENTS:
+                raise ValueError(f"{currency!r} is not an ISO 4217 currency this kiosk knows")
+            if not rate > 0:
+                raise ValueError(f"the rate for {currency} must be greater than 0")
+        return value
 
 
 # ---------------------------------------------------------------- storage and fleet
@@ -349,9 +386,9 @@ class KioskConfig(BaseSettings):
     catalog: Catalog
     selection: Selection = Selection()
     payments: PaymentsConfig
-    display: DisplayConfig = DisplayConfig()
-    scanner: ScannerConfig = ScannerConfig()
-    gpio: GpioConfig = GpioConfig()
+    display: DisplayConfig = Field(default_factory=PngOptions)
+    scanner: ScannerConfig = Field(default_factory=NoneOptions)
+    gpio: GpioConfig = Field(default_factory=GpioOptions)
     screens: ScreensConfig = ScreensConfig()
     journal: JournalConfig = JournalConfig()
     recovery: RecoveryConfig = RecoveryConfig()
@@ -446,11 +483,15 @@ def _resolve_relative_paths(config: KioskConfig, base: Path) -> KioskConfig:
     def fix(p: Path) -> Path:
         return p if p.is_absolute() else (base / p).resolve()
 
+    def fix_all(section: BaseModel) -> Any:
+        return section.model_copy(update={k: fix(v) for k, v in section if isinstance(v, Path)})
+
     updates: dict[str, Any] = {
-        "display": config.display.model_copy(update={"dir": fix(config.display.dir)}),
+        "display": fix_all(config.display),
+        "scanner": fix_all(config.scanner),
         "journal": config.journal.model_copy(update={"path": fix(config.journal.path)}),
         "outbox": config.outbox.model_copy(update={"path": fix(config.outbox.path)}),
-        "screens": config.screens.model_copy(update={"font_path": fix(config.screens.font_path)}),
+        "screens": fix_all(config.screens),
         "mqtt": config.mqtt.model_copy(update={k: fix(v) for k, v in config.mqtt if isinstance(v, Path)}),
         "fleet": config.fleet.model_copy(update={k: fix(v) for k, v in config.fleet if isinstance(v, Path)}),
     }
@@ -490,7 +531,22 @@ def check_files(config: KioskConfig) -> list[str]:
             f"screens.font_path: font {config.screens.font_path} not found "
             "(install fonts-wqy-microhei or fonts-noto-cjk, or point to a CJK font)"
         )
+    problems += _screen_language_problems(config.screens)
     return problems
+
+
+def _screen_language_problems(screens: ScreensConfig) -> list[str]:
+    from kiosk.screens.strings import StringsError, load_tables, merged_tables
+
+    try:
+        tables = merged_tables(load_tables(), load_tables(screens.strings_file) if screens.strings_file else None)
+    except (OSError, StringsError) as exc:
+        return [f"screens.strings_file: {exc}"]
+    return [
+        f"screens.languages: no string table for {lang!r} (have {', '.join(sorted(tables))}; add one in strings_file)"
+        for lang in screens.languages
+        if lang not in tables
+    ]
 
 
 def _fleet_file_problems(config: KioskConfig) -> list[str]:

@@ -21,6 +21,7 @@ from kiosk.screens.qr import QrCode
 RGB = tuple[int, int, int]
 INK: RGB = (0, 0, 0)
 RULE: RGB = (190, 190, 190)
+NOTE: RGB = (70, 70, 70)
 
 
 class Role(enum.IntEnum):
@@ -61,6 +62,21 @@ class RuleItem:
 
 
 @dataclass(frozen=True)
+class BadgeItem:
+    """A wallet name in an outlined box; text drawn `pad` pixels inside the box."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    text: str
+    size: int
+    fill: RGB
+    pad: int
+    border: int
+
+
+@dataclass(frozen=True)
 class QrItem:
     x: int
     y: int
@@ -75,7 +91,7 @@ class QrItem:
         return self.code.image.height
 
 
-Item = TextItem | RuleItem | QrItem
+Item = TextItem | RuleItem | QrItem | BadgeItem
 
 
 @dataclass(frozen=True)
@@ -91,14 +107,25 @@ class Para:
 
 @dataclass(frozen=True)
 class Table:
-    """Products on offer: slot id, names in both languages, price aligned right."""
+    """Products on offer: slot id, names in both languages, price aligned right (with an
+    optional note under each price, e.g. the amount in CNY)."""
 
     rows: tuple[ProductLine, ...]
     id_fill: RGB
     priority: int = 0
+    notes: tuple[str, ...] = ()
 
 
-Block = Para | Table
+@dataclass(frozen=True)
+class Badges:
+    """Short labels in outlined boxes, centred, wrapped onto as many rows as needed."""
+
+    labels: tuple[str, ...]
+    fill: RGB
+    priority: int = 0
+
+
+Block = Para | Table | Badges
 _Wrap = Callable[[str, FreeTypeFont, int], tuple[str, ...]]
 
 
@@ -113,9 +140,11 @@ class Area:
 class Fitter:
     """Lays blocks out in an area for one panel; `unit` scales the Role sizes to that panel."""
 
-    def __init__(self, fonts: Fonts, unit: float) -> None:
+    def __init__(self, fonts: Fonts, unit: float, min_px: int = _MIN_PX) -> None:
         self.fonts = fonts
         self.unit = unit
+        # The smallest readable text on this panel; only the last resort goes below it.
+        self.min_px = max(_MIN_PX, min_px)
         self._choices: dict[tuple[tuple[Block, ...], Area], tuple[int, float]] = {}
 
     def fit(self, blocks: list[Block], area: Area) -> list[Item]:
@@ -144,6 +173,9 @@ class Fitter:
         k = self._largest_fitting(essential, area, _LAST_RESORT_STEPS)
         return 0, _LAST_RESORT_STEPS[-1] if k is None else k
 
+    def _readable(self, k: float) -> bool:
+        return k >= _READABLE_STEPS[-1] - 1e-9
+
     def _largest_fitting(self, blocks: list[Block], area: Area, steps: tuple[float, ...]) -> float | None:
         # Bisection: a stack never gets shorter as its text grows.
         def fits(i: int) -> bool:
@@ -161,7 +193,8 @@ class Fitter:
         return steps[high]
 
     def _px(self, role: Role, k: float) -> int:
-        return max(_MIN_PX, round(role * k * self.unit))
+        floor = self.min_px if self._readable(k) else _MIN_PX
+        return max(floor, round(role * k * self.unit))
 
     def _stack(self, blocks: list[Block], k: float, width: int, balance: bool) -> tuple[list[Item], int]:
         gap = round(self._px(Role.BODY, k) * 0.55)
@@ -173,6 +206,8 @@ class Fitter:
             wrapper = balanced_wrap if balance else wrap
             if isinstance(block, Para):
                 placed, used = self._para(block, k, width, y, wrapper)
+            elif isinstance(block, Badges):
+                placed, used = self._badges(block, k, width, y)
             else:
                 placed, used = self._table(block, k, width, y, wrapper)
             items += placed
@@ -200,15 +235,16 @@ class Fitter:
         font = self.fonts.get(size)
         step = line_height(font)
         gap = round(step * 0.6)
+        notes = table.notes or tuple("" for _ in table.rows)
         id_w = max(text_width(font, r.slot_id) for r in table.rows)
-        price_w = max(text_width(font, r.price_text) for r in table.rows)
+        price_w = max(text_width(font, t) for r, n in zip(table.rows, notes, strict=True) for t in (r.price_text, n))
         name_x = id_w + gap
         # Beside the names while that leaves them at least 40 % of the width, under them otherwise.
         beside = width - name_x - price_w - gap >= width * 0.4
         name_w = max(1, width - name_x - (price_w + gap if beside else 0))
         items: list[Item] = []
         y = top
-        for i, row in enumerate(table.rows):
+        for i, (row, note) in enumerate(zip(table.rows, notes, strict=True)):
             if i:
                 items.append(RuleItem(name_x, y + gap // 2, width - name_x, max(1, round(self.unit)), RULE))
                 y += gap
@@ -217,14 +253,44 @@ class Fitter:
                 items.append(TextItem(name_x, y + j * step, text_width(font, line), step, line, size, INK))
             names_h = step * len(lines)
             items.append(TextItem(0, y, id_w, step, row.slot_id, size, table.id_fill))
-            p_w = text_width(font, row.price_text)
-            p_y = y + (names_h - step) // 2 if beside else y + names_h
-            items.append(TextItem(width - p_w, p_y, p_w, step, row.price_text, size, INK))
-            y += names_h if beside else names_h + step
+            prices = [t for t in (row.price_text, note) if t]
+            prices_h = step * len(prices)
+            p_y = y + max(0, names_h - prices_h) // 2 if beside else y + names_h
+            for j, price in enumerate(prices):
+                p_w = text_width(font, price)
+                items.append(TextItem(width - p_w, p_y + j * step, p_w, step, price, size, INK if j == 0 else NOTE))
+            y += max(names_h, prices_h) if beside else names_h + prices_h
         return items, y - top
+
+    def _badges(self, badges: Badges, k: float, width: int, top: int) -> tuple[list[Item], int]:
+        size = self._px(Role.SMALL, k)
+        font = self.fonts.get(size)
+        step = line_height(font)
+        pad = max(2, round(size * 0.3))
+        border = max(1, round(size / 14))
+        gap = max(4, round(size * 0.5))
+        boxes = [(label, min(width, text_width(font, label) + 2 * pad)) for label in badges.labels]
+        rows: list[list[tuple[str, int]]] = [[]]
+        for box in boxes:
+            row_w = sum(w for _, w in rows[-1]) + gap * len(rows[-1])
+            if rows[-1] and row_w + box[1] > width:
+                rows.append([])
+            rows[-1].append(box)
+        items: list[Item] = []
+        y = top
+        box_h = step + 2 * pad
+        for row in rows:
+            row_w = sum(w for _, w in row) + gap * (len(row) - 1)
+            x = (width - row_w) // 2
+            for label, w in row:
+                items.append(BadgeItem(x, y, w, box_h, label, size, badges.fill, pad, border))
+                x += w + gap
+            y += box_h + gap
+        return items, y - gap - top
 
 
 def _sizing(block: Block) -> Block:
+    # A block sized by its probes: replaced by them, so the cached choice fits any of its texts.
     if isinstance(block, Para) and block.probes:
         return dataclasses.replace(block, texts=block.probes, probes=())
     return block

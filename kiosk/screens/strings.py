@@ -15,7 +15,7 @@ from pathlib import Path
 
 # The reference table: every message id exists here, other languages fall back to it.
 BASE_LANGUAGE = "en"
-# The kiosk's two screen languages, in the order they are shown.
+# The default screen languages, in the order they are shown (screens.languages in the config).
 SCREEN_LANGUAGES = ("en", "zh-Hans")
 
 Tables = Mapping[str, Mapping[str, str]]
@@ -68,9 +68,21 @@ def load_tables(path: Path | None = None) -> dict[str, dict[str, str]]:
         raise StringsError(f"strings file {path or 'strings.json'}: {exc}") from None
 
 
+def merged_tables(base: Tables, extra: Tables | None) -> dict[str, dict[str, str]]:
+    """`base` with the tables of `extra` added, or replacing single messages (screens.strings_file)."""
+    merged = {lang: dict(table) for lang, table in base.items()}
+    for lang, table in (extra or {}).items():
+        merged.setdefault(lang, {}).update(table)
+    return check_tables(merged)
+
+
 @cache
 def _shipped() -> dict[str, dict[str, str]]:
     return load_tables()
+
+
+def shipped_tables() -> dict[str, dict[str, str]]:
+    return _shipped()
 
 
 def text(msg_id: str, lang: str, tables: Tables | None = None, **params: object) -> str:
@@ -83,13 +95,26 @@ def text(msg_id: str, lang: str, tables: Tables | None = None, **params: object)
     return template.format(**params)
 
 
-def texts(msg_id: str, tables: Tables | None = None, **params: object) -> tuple[str, ...]:
-    """One message in every screen language, in SCREEN_LANGUAGES order."""
-    return tuple(text(msg_id, lang, tables, **params) for lang in SCREEN_LANGUAGES)
+def texts(
+    msg_id: str,
+    tables: Tables | None = None,
+    languages: tuple[str, ...] = SCREEN_LANGUAGES,
+    **params: object,
+) -> tuple[str, ...]:
+    """One message in every screen language, in order; a language repeating the previous
+    line (a brand name, a fallback to English) is shown once."""
+    lines: list[str] = []
+    for lang in languages:
+        line = text(msg_id, lang, tables, **params)
+        if line not in lines:
+            lines.append(line)
+    return tuple(lines)
 
 
-def countdown(seconds_left: int) -> tuple[str, ...]:
+def countdown(
+    seconds_left: int, tables: Tables | None = None, languages: tuple[str, ...] = SCREEN_LANGUAGES
+) -> tuple[str, ...]:
     """The countdown as reported; at 0 it says the time is up instead of inviting a late payment."""
     if seconds_left <= 0:
-        return texts("pay.time_up")
-    return texts("pay.countdown", seconds=seconds_left)
+        return texts("pay.time_up", tables, languages)
+    return texts("pay.countdown", tables, languages, seconds=seconds_left)
