@@ -60,6 +60,10 @@ class LogRing(logging.Handler):
             self.lines.append(self.format(record))
 
 
+def _severity(value: str) -> str:
+    return value if value in ("info", "warning", "critical") else "warning"
+
+
 class KioskOperator:
     def __init__(self, app: KioskApp, topics: Topics, providers: dict[str, Provider]) -> None:
         assert app.outbox is not None and app.link is not None
@@ -78,6 +82,7 @@ class KioskOperator:
         self.after_stop: Callable[[], None] | None = None
         self._refunds: SaleRunner | None = None
         self._relay_lock = asyncio.Lock()
+        self._door_open = False
         self.agent = FleetAgent(
             app.config.fleet,
             topics,
@@ -98,6 +103,9 @@ class KioskOperator:
         logging.getLogger().addHandler(self.log_ring)
         try:
             self._restore()
+            supervisor = getattr(self.app.hardware, "supervisor", None)
+            if supervisor is not None:
+                supervisor.add_alarm_sink(self)  # device failures and the service door, as fleet alarms
             await self.agent.run()
         finally:
             logging.getLogger().removeHandler(self.log_ring)
@@ -128,15 +136,16 @@ class KioskOperator:
         """Birth fields: peripherals and their health, what is on sale, what operators set."""
         hw = self.app.hardware
         peripherals: list[dict[str, Any]] = []
-        if hw is not None:
-            display = hw.display
-            peripherals.append({"name": "display", "type": type(display).__name__, "healthy": True})
+        health: dict[str, dict[str, object]] = {}
+        with contextlib.suppress(Exception):  # the supervisor's view, where the hardware has one
+            health = hw.health() if hw is not None else {}
+        for name, h in health.items():
+            peripherals.append({"name": name, "type": str(h.get("driver", "")), "healthy": bool(h.get("ok", True)),
+                                "detail": str(h.get("detail", ""))})
+        if hw is not None and not health:
+            peripherals.append({"name": "display", "type": type(hw.display).__name__, "healthy": True})
             for slot_id in hw.relays:
                 peripherals.append({"name": f"relay:{slot_id}", "type": "relay", "healthy": True})
-            for slot_id in hw.sensors:
-                peripherals.append({"name": f"drop_sensor:{slot_id}", "type": "input", "healthy": True})
-            if hw.scanner is not None:
-                peripherals.append({"name": "scanner", "type": type(hw.scanner).__name__, "healthy": True})
         return {
             "peripherals": peripherals,
             "providers": sorted(self.providers),
@@ -147,6 +156,20 @@ class KioskOperator:
             "maintenance": self.maintenance,
             "exchange_rates": self.exchange_rates,
         }
+
+    # ------------------------------------------------------------ the hardware supervisor's alarms
+
+    def on_alarm(self, alarm_id: str, severity: str, message: str) -> None:
+        if alarm_id == "maintenance" and "door" in message.lower():
+            self._door_open = True
+            self.agent.emit("door_opened", {"message": message}, False)
+        self.agent.spawn(self.agent.alarms.raise_(alarm_id, _severity(severity), message, source="hardware"))
+
+    def on_clear(self, alarm_id: str) -> None:
+        if alarm_id == "maintenance" and self._door_open:
+            self._door_open = False
+            self.agent.emit("door_closed", {}, False)
+        self.agent.spawn(self.agent.alarms.clear(alarm_id))
 
     # ------------------------------------------------------------ commands
 
@@ -207,6 +230,7 @@ class KioskOperator:
         return {"catalog": self._prices()}
 
     async def set_exchange_rate(self, currency: str, rate: float) -> dict[str, Any]:
+        """CNY per one unit of `currency` (the prices' currency), e.g. USD 7.1."""
         self.exchange_rates[currency] = rate
         self._save()
         applied = {"source": "set_exchange_rate", "ok": True, "rates": dict(self.exchange_rates)}
@@ -225,7 +249,7 @@ class KioskOperator:
             self._apply_catalog(catalog, save=False)
             applied["catalog"] = self._prices()
         if desired.exchange_rates is not None:
-            self.exchange_rates.update({str(k): v for k, v in desired.exchange_rates.items()})
+            self.exchange_rates.update(desired.exchange_rates)
             applied["exchange_rates"] = dict(self.exchange_rates)
         if desired.maintenance is not None:
             self._apply_maintenance(desired.maintenance, desired.maintenance_reason, save=False)

@@ -252,6 +252,9 @@ class FleetAgent:
         if self._counters_task is None or self._counters_task.done():
             self._counters_task = self._spawn(self.publish_counters())
 
+    def spawn(self, coro: Any) -> asyncio.Task[Any] | None:
+        return self._spawn(coro)
+
     def _spawn(self, coro: Any) -> asyncio.Task[Any] | None:
         try:
             task = asyncio.get_running_loop().create_task(coro)

@@ -78,8 +78,8 @@ class PricesArgs(Args):
 
 
 class ExchangeRateArgs(Args):
-    currency: Literal["CNY"] = "CNY"
-    rate: float = Field(gt=0, lt=1_000_000, description="units of currency per one unit of the prices' currency")
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$", description="the prices' currency")
+    rate: float = Field(gt=0, lt=1_000_000, description="CNY per one unit of currency (the screens show ≈ CNY)")
 
 
 class RefundArgs(Args):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,7 +34,7 @@ class DesiredConfig(BaseModel):
     maintenance_reason: str | None = Field(default=None, max_length=200)
     prices: dict[str, int] | None = None
     catalog: list[dict[str, Any]] | None = Field(default=None, min_length=1, max_length=100)
-    exchange_rates: dict[Literal["CNY"], float] | None = None
+    exchange_rates: dict[str, float] | None = None  # CNY per one unit of each price currency
     telemetry_interval_s: float | None = Field(default=None, ge=1, le=86400)
 
 
