@@ -110,8 +110,9 @@ class JournaldHandler(logging.Handler):
             "LOGGER": record.name,
             "CODE_FILE": record.pathname,
             "CODE_LINE": str(record.lineno),
-            "CODE_FUNC": record.funcName,
         }
+        if record.funcName:
+            fields["CODE_FUNC"] = record.funcName
         sale_id = sale_id_of(record)
         if sale_id:
             fields["SALE_ID"] = sale_id
