@@ -18,6 +18,7 @@ FAULTS = (
     "unsigned",  # no sign field at all
     "wrong_amount",  # correctly signed, amount off by one minor unit
     "wrong_order_id",  # correctly signed, another out_trade_no
+    "wrong_currency",  # correctly signed, amount in another currency (protocols that carry one)
     "drop_connection",  # close the connection without an answer
     "timeout",  # hold the connection for delay_s, then close it without an answer
 )

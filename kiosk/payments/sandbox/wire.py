@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from kiosk.payments.sandbox.gateway import SandboxGateway
 
 # One line per wallet protocol; the Alipay open platform is built into server.py.
-PROTOCOL_MODULES: list[str] = []
+PROTOCOL_MODULES: list[str] = ["kiosk.payments.sandbox.alipay_plus"]
 
 
 @dataclass(frozen=True)
