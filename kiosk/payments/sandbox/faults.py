@@ -21,6 +21,7 @@ FAULTS = (
     "wrong_currency",  # correctly signed, amount in another currency (protocols that carry one)
     "drop_connection",  # close the connection without an answer
     "timeout",  # hold the connection for delay_s, then close it without an answer
+    "duplicate_notification",  # deliver the next callback twice (WeChat Pay v3 repeats callbacks)
 )
 ANY_METHOD = "*"
 DEFAULT_DELAY_S = {"delay": 1.0, "timeout": 600.0}
