@@ -258,6 +258,7 @@ class ButtonBank:
         self._loop = loop
         self._active_high = active_high
         self._bounce_s = bounce_s
+        self._last_press: dict[str, float] = {}
         self.attach(buttons, pin_factory=pin_factory)
 
     def attach(self, buttons: dict[str, int | str], *, pin_factory: object | None = None) -> None:
@@ -282,6 +283,12 @@ class ButtonBank:
         return pressed
 
     def _pressed(self, name: str) -> None:
+        # Debounced here as well as by the pin: not every pin factory filters bounces
+        # (MockFactory does not), and a bouncing contact must not count as several presses.
+        now = self._loop.time()
+        if now - self._last_press.get(name, -1e9) < self._bounce_s:
+            return
+        self._last_press[name] = now
         if self.accept(name):
             self.presses.put_nowait(name)
 

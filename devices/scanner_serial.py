@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import termios
 import tty
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
@@ -85,7 +86,8 @@ class SerialScanner(Driver):
             try:
                 kwargs: dict[str, Any] = self._serial_kwargs()
                 reader, self._writer = await serial_asyncio_fast.open_serial_connection(url=self.port, **kwargs)
-            except (OSError, serial.SerialException) as exc:
+            except (OSError, serial.SerialException, termios.error) as exc:
+                # termios.error: the port exists but refuses the settings (a pty and parity).
                 self.report(False, f"{self.port}: {exc}")
                 if not retry_note_logged:
                     log.warning("scanner %s unavailable (%s); retrying every %gs", self.port, exc, o.reconnect_s)

@@ -23,6 +23,8 @@ COMMAND_MODULES: list[str] = [
     "kiosk.commands.journal",
     "kiosk.commands.update",
     "kiosk.commands.selftest",
+    "kiosk.commands.render",
+    "kiosk.commands.hwtest",
     "kiosk.commands.fleet",
 ]
 
