@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # One line per wallet protocol; the Alipay open platform is built into server.py.
 PROTOCOL_MODULES: list[str] = ["kiosk.payments.sandbox.alipay_plus"]
 PROTOCOL_MODULES.append("kiosk.payments.sandbox.wechat_v3")  # WeChat Pay v3 (JSON, RSA, /v3/)
+PROTOCOL_MODULES.append("kiosk.payments.sandbox.wechat_v2")  # WeChat Pay v2 (XML, /pay/ and /secapi/)
 
 
 @dataclass(frozen=True)
