@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS sales (
     qr_content      TEXT,
     detail          TEXT,
     winner          TEXT,
+    reported        INTEGER NOT NULL DEFAULT 0,  -- its final event is in the outbox
     created_at      TEXT NOT NULL,
     updated_at      TEXT NOT NULL
 );
@@ -118,6 +119,14 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._ensure_column("sales", "winner", "TEXT")
+        self._ensure_column("sales", "reported", "INTEGER NOT NULL DEFAULT 0")
+
+    def _ensure_column(self, table: str, column: str, declaration: str) -> None:
+        """Journals written by an older version gain new columns in place (nothing is lost)."""
+        columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self._db.close()
@@ -168,6 +177,17 @@ class Journal:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+    def mark_reported(self, order_id: str) -> None:
+        """The sale's final event is safely in the outbox; recovery need not report it again."""
+        self._db.execute("UPDATE sales SET reported = 1 WHERE order_id = ?", (order_id,))
+
+    def unreported(self) -> list[SaleRecord]:
+        """Final sales whose event may not have reached the outbox (a crash came in between)."""
+        rows = self._db.execute(
+            f"SELECT {_SALE_COLUMNS} FROM sales WHERE state IN ({_FINALS}) AND reported = 0 ORDER BY created_at"
+        ).fetchall()
+        return [self._with_attempts(_to_record(r)) for r in rows]
 
     def get(self, order_id: str) -> SaleRecord | None:
         row = self._db.execute(f"SELECT {_SALE_COLUMNS} FROM sales WHERE order_id = ?", (order_id,)).fetchone()

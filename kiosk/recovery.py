@@ -9,12 +9,11 @@ unknown, and that choice is journaled and reported.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from kiosk.config import RecoveryPolicy
 from kiosk.journal import Journal, SaleRecord
 from kiosk.payments.base import PaymentState
-from kiosk.runner import SaleRunner, Unresolved
+from kiosk.runner import EmitEvent, SaleRunner, Unresolved, sale_event_id
 from kiosk.sale import AttemptState, SaleState, ShutdownRequested
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ class Recovery:
         journal: Journal,
         runner: SaleRunner,
         policy: RecoveryPolicy,
-        emit_event: Callable[[str, dict[str, object], bool], None],
+        emit_event: EmitEvent,
     ) -> None:
         self._journal = journal
         self._runner = runner
@@ -45,6 +44,10 @@ class Recovery:
                     log.warning("recovery: %s", exc)
                 if not self._runner.sale.is_final or self._runner.sale.needs_settling:
                     still_open += 1
+            for record in self._journal.unreported():
+                # Final in the journal, but its event may not have reached the outbox.
+                self._runner.adopt(record.to_sale())
+                self._runner.report()
         finally:
             self._runner.hold_delivery = False
         return still_open
@@ -98,6 +101,7 @@ class Recovery:
                 "reason": reason,
             },
             True,
+            sale_event_id(record.order_id, "recovery"),
         )
         runner = self._runner
         runner.hold_delivery = False

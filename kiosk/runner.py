@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from devices.base import Input, Relay
 from kiosk import crashpoints
@@ -53,6 +55,18 @@ from kiosk.sale import (
 
 log = logging.getLogger(__name__)
 
+class EmitEvent(Protocol):
+    """Puts an event into the outbox; a given event_id is stored at most once."""
+
+    def __call__(self, kind: str, data: dict[str, object], money: bool, event_id: str | None = None) -> bool: ...
+
+
+def sale_event_id(order_id: str, kind: str) -> str:
+    """The same id every time a sale's final event is reported, so a repeat after a crash is
+    de-duplicated by the outbox and by the backend."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"kiosk-sale:{order_id}:{kind}").hex
+
+
 # Told of every state change after it is journaled (screens, the demo's timeline).
 Listener = Callable[[Sale, str], Awaitable[None] | None]
 
@@ -85,7 +99,7 @@ class SaleRunner:
         slots: dict[str, Slot],
         relays: dict[str, Relay],
         sensors: dict[str, Input],
-        emit_event: Callable[[str, dict[str, object], bool], None],
+        emit_event: EmitEvent,
         clock: Callable[[], float],
         payment_timeout_s: float,
         subject_prefix: str = "Kiosk",
@@ -174,8 +188,8 @@ class SaleRunner:
                 await self._deliver(slot_id)
             case Refund(refund_id=refund_id, order_id=order_id):
                 await self.refund(refund_id, order_id or None)
-            case Finished(state=state):
-                self._report(state)
+            case Finished():
+                self.report()
 
     # ------------------------------------------------------------ payments
 
@@ -359,8 +373,11 @@ class SaleRunner:
 
     # ------------------------------------------------------------ reporting
 
-    def _report(self, state: SaleState) -> None:
+    def report(self) -> None:
+        """Put the sale's final event into the outbox, then mark it reported in the journal.
+        A crash in between repeats the event (same id) at recovery; it is never lost."""
         sale = self.sale
+        state = sale.state
         winner = sale.attempt(sale.winner) if sale.winner else None
         data: dict[str, object] = {
             "order_id": sale.order_id,
@@ -372,12 +389,15 @@ class SaleRunner:
             "state": state.value,
             "provider_txn_id": sale.provider_txn_id,
         }
+        assert sale.order_id is not None
         if state is SaleState.DONE:
-            self._emit_event("sale", data, True)
+            kind, money = "sale", True
         elif state is SaleState.REFUNDED:
+            kind, money = "refund", True
             data["refund_id"] = sale.refund_id
             data["reason"] = sale.detail or (sale.close_reason.value if sale.close_reason else None)
-            self._emit_event("refund", data, True)
         else:
+            kind, money = "sale_closed", False
             data["reason"] = sale.close_reason.value if sale.close_reason else None
-            self._emit_event("sale_closed", data, False)
+        if self._emit_event(kind, data, money, sale_event_id(sale.order_id, kind)):
+            self._journal.mark_reported(sale.order_id)
