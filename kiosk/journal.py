@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kiosk.durable import created_durably, make_dirs
 from kiosk.payments.base import PaymentMode
 from kiosk.sale import FINAL_STATES, Attempt, AttemptState, CloseReason, Sale, SaleState
 
@@ -111,7 +112,8 @@ class SaleEvent:
 
 class Journal:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
+        new = not path.exists()
         self.path = path
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so each record is one transaction.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -121,6 +123,8 @@ class Journal:
         self._db.executescript(_SCHEMA)
         self._ensure_column("sales", "winner", "TEXT")
         self._ensure_column("sales", "reported", "INTEGER NOT NULL DEFAULT 0")
+        if new:
+            created_durably(path)
 
     def _ensure_column(self, table: str, column: str, declaration: str) -> None:
         """Journals written by an older version gain new columns in place (nothing is lost)."""
