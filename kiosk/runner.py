@@ -251,10 +251,12 @@ class SaleRunner:
         provider = self.provider_for(order_id)
         attempt = self.sale.attempt(order_id)
         if attempt is not None and order.mode is PaymentMode.CODE:
-            # WeChat refuses to reverse a micropay younger than 15 s: wait out the rest.
+            # WeChat refuses to reverse a micropay younger than 15 s, counted from when it created
+            # the order (during our charge call, a little after attempt.started): wait out the
+            # rest with a margin, so the first reverse is not refused.
             floor = provider.code_poll.cancel_not_before_s
-            wait = attempt.started + floor - self._clock()
-            if 0 < wait <= floor:
+            wait = attempt.started + floor + (1.0 if floor else 0.0) - self._clock()
+            if 0 < wait <= floor + 1.0:
                 await asyncio.sleep(wait)
         last_error: Exception | None = None
         for delay in [*self._retry.delays(), None]:
