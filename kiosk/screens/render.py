@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, assert_never
 
@@ -147,7 +147,8 @@ def approx_cny(price_text: str, rates: Mapping[str, float]) -> str | None:
         return None
     value = Decimal(match.group(1)) * Decimal(str(rates[match.group(2)]))
     # An approximation: tenths of a yuan below 100, whole yuan above.
-    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+    step = Decimal("0.1") if value < 100 else Decimal("1")
+    return str(value.quantize(step, rounding=ROUND_HALF_UP))
 
 
 class ScreenRenderer:
