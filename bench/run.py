@@ -106,6 +106,8 @@ def main() -> int:
         proc.wait(10)
     print(f"sale_cpu: {engine * 1000:.1f} ms CPU per sale through the engine, "
           f"{bare * 1000:.1f} ms for the bare signed round trips; ratio {engine / bare:.1f}x ({args.sales} sales)")
+    # Screens and memory (pay screen vs bare qrcode + Pillow; idle daemon RSS vs bare imports).
+    subprocess.run([sys.executable, str(Path(__file__).with_name("bench_screens.py"))], check=True)
     return 0
 
 
