@@ -185,19 +185,23 @@ def _ago(ts: str) -> str:
 
 
 async def snapshot(options: ConsoleOptions, *, quiet_s: float = 0.5, max_s: float = 10.0) -> FleetView:
-    """Everything retained right now: collect until the broker has been quiet for quiet_s."""
+    """Everything retained right now: collect until no retained message came for quiet_s (live
+    updates from a busy fleet keep arriving, and are taken, but do not prolong the wait)."""
     view = FleetView(options.prefix, options.fleet)
     async with options.client() as client:
         for topic in view.filters():
             await client.subscribe(topic, qos=1)
         deadline = time.monotonic() + max_s
+        quiet_until = time.monotonic() + quiet_s
         messages = client.messages
-        while time.monotonic() < deadline:
+        while (now := time.monotonic()) < min(deadline, quiet_until):
             try:
-                message = await asyncio.wait_for(messages.__anext__(), quiet_s)
+                message = await asyncio.wait_for(messages.__anext__(), min(deadline, quiet_until) - now)
             except TimeoutError:
                 break
             view.update(str(message.topic), _payload(message))
+            if message.retain:
+                quiet_until = time.monotonic() + quiet_s
     return view
 
 

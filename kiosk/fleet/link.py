@@ -133,6 +133,13 @@ class TrackedClient(aiomqtt.Client):
         await self.wait_ack(future, topic)
 
     async def wait_ack(self, future: asyncio.Future[ReasonCode | None], topic: str) -> None:
+        if not future.done():
+            await self._wait_ack(future, topic)
+        reason = future.result()
+        if reason is not None and reason.is_failure:
+            raise PublishRefused(f"broker refused a publish to {topic}: {reason.getName()}")
+
+    async def _wait_ack(self, future: asyncio.Future[ReasonCode | None], topic: str) -> None:
         disconnected: asyncio.Future[Any] = self._disconnected
         waiting: set[asyncio.Future[Any]] = {future, disconnected}
         done, _ = await asyncio.wait(waiting, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -140,9 +147,6 @@ class TrackedClient(aiomqtt.Client):
             if disconnected in done:
                 raise aiomqtt.MqttError("disconnected while waiting for a PUBACK")
             raise aiomqtt.MqttError(f"no PUBACK for {topic} within {self.timeout:g} s")
-        reason = future.result()
-        if reason is not None and reason.is_failure:
-            raise PublishRefused(f"broker refused a publish to {topic}: {reason.getName()}")
 
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
