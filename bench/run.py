@@ -108,6 +108,8 @@ def main() -> int:
           f"{bare * 1000:.1f} ms for the bare signed round trips; ratio {engine / bare:.1f}x ({args.sales} sales)")
     # Screens and memory (pay screen vs bare qrcode + Pillow; idle daemon RSS vs bare imports).
     subprocess.run([sys.executable, str(Path(__file__).with_name("bench_screens.py"))], check=True)
+    # Fleet: outbox drain vs a bare QoS 1 publisher; simulated kiosks against one Mosquitto.
+    subprocess.run([sys.executable, str(Path(__file__).with_name("bench_fleet.py"))], check=True)
     return 0
 
 
