@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kiosk.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from kiosk.ops.logs import use_journald_when_run_by_systemd
 from kiosk.ops.state import DEFAULT_RUNTIME_DIR
 from kiosk.ops.update import (
     DEFAULT_BASE,
@@ -97,6 +98,7 @@ def _updater(args: argparse.Namespace, **kwargs: Any) -> tuple[Updater, Path | N
 
 
 def _apply(args: argparse.Namespace, release_dir: Path, *, require_signature: bool) -> int:
+    use_journald_when_run_by_systemd()  # under kiosk-update.service: UPDATE_* fields in the journal
     updater, public_key = _updater(args, allow_downgrade=getattr(args, "allow_downgrade", False))
     try:
         release = load_release(release_dir, public_key, require_signature=require_signature)
