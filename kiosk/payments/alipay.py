@@ -1,4 +1,5 @@
-"""Alipay open platform (alipay.trade.*) as a Provider: precreate QR, query, cancel, refund.
+"""Alipay open platform (alipay.trade.*) as a Provider: precreate QR or charge a payment code
+(trade.pay), query, cancel, refund.
 
 Nothing here returns PAID, a refund or a cancel result unless the gateway's RSA2 signature over the
 exact response text verifies and the response names our order (and, where it carries them, our
@@ -9,18 +10,31 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 
 from kiosk.config import AlipayConfig, KioskConfig
-from kiosk.money import AmountError, from_decimal_text, to_decimal_text
+from kiosk.money import to_decimal_text
+from kiosk.payments import alipay_checks as chk
 from kiosk.payments import rsa2
+from kiosk.payments.alipay_checks import (
+    BUSINESS_FAILED,
+    PAID_STATUSES,
+    PAY,
+    RETRYABLE_SUB_CODES,
+    SUCCESS,
+    pay_result,
+)
 from kiosk.payments.base import (
     CancelOutcome,
+    CodePollPolicy,
     Order,
     OutcomeUnknown,
+    PaymentError,
+    PaymentMode,
     PaymentRejected,
     PaymentState,
     PaymentStatus,
@@ -31,13 +45,10 @@ from kiosk.payments.base import (
 log = logging.getLogger(__name__)
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
-SUCCESS = "10000"
-BUSINESS_FAILED = "40004"
 TRADE_NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
-# 40004 sub-codes that say "not now" rather than "no": the operation may still happen or may be
-# retried with the same ids, so they are never reported as a definitive rejection.
-RETRYABLE_SUB_CODES = frozenset({"ACQ.SYSTEM_ERROR", "ACQ.SELLER_BALANCE_NOT_ENOUGH"})
-_PAID = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
+# Only digits ever go to the gateway as auth_code; which wallet a code belongs to is the code
+# classifier's call, and Alipay says its length may vary, so the range is generous.
+_PAYMENT_CODE = re.compile(r"[0-9]{10,32}")
 
 
 class AlipayKeyError(ValueError):
@@ -46,6 +57,10 @@ class AlipayKeyError(ValueError):
 
 class AlipayProvider:
     name = "alipay"
+    modes = frozenset({PaymentMode.QR, PaymentMode.CODE})
+    # Reference section 1: on 10003 / WAIT_BUYER_PAY query every 3-6 s for about 60 s, then cancel
+    # right after the last query (Alipay has no minimum age for a cancel).
+    code_poll = CodePollPolicy(interval_s=3.0, give_up_after_s=60.0, cancel_not_before_s=0.0)
 
     def __init__(self, config: AlipayConfig, *, client: httpx.AsyncClient | None = None) -> None:
         """Loads both keys now, so a bad key file fails at start-up rather than at the first sale.
@@ -67,51 +82,56 @@ class AlipayProvider:
     # ------------------------------------------------------------ Provider
 
     async def create_qr(self, order: Order) -> QrCode:
-        biz: dict[str, str] = {
-            "out_trade_no": order.order_id,
-            "total_amount": to_decimal_text(order.amount_minor, order.currency),
-            "subject": order.subject,
-        }
-        if order.currency != "CNY":
-            biz["trans_currency"] = order.currency  # overseas merchants price in their currency
-        if self._config.seller_id:
-            biz["seller_id"] = self._config.seller_id
+        biz = self._order_biz(order)
         method = "alipay.trade.precreate"
         data = await self._call(method, biz)
-        code = _code(data)
+        code = chk.result_code(data)
         if code == SUCCESS:
-            _check_order_id(method, data, order)
+            chk.check_order_id(method, data, order)
             qr = data.get("qr_code")
             if not isinstance(qr, str) or not qr:
                 raise OutcomeUnknown(f"{method}: success without a qr_code")
             return QrCode(order_id=order.order_id, qr_content=qr)
-        sub = _sub_code(data)
+        sub = chk.sub_code(data)
         if sub == "ACQ.TRADE_HAS_SUCCESS":
             # This out_trade_no is already paid (an earlier attempt's reply was lost): the money is
             # real, so let the engine's query find it rather than report a failure.
             raise OutcomeUnknown(f"{method}: {order.order_id} is already paid; query it")
         if code.startswith("4000") and sub not in RETRYABLE_SUB_CODES:
             # Verified refusal: the gateway did not create the order.
-            raise _rejected(data)
-        raise OutcomeUnknown(f"{method}: {_describe(data)}")
+            raise chk.rejected(data)
+        raise OutcomeUnknown(f"{method}: {chk.describe(data)}")
+
+    async def charge_code(self, order: Order, code: str) -> PaymentStatus:
+        """alipay.trade.pay with the tourist's payment code (scene bar_code)."""
+        if not _PAYMENT_CODE.fullmatch(code):
+            raise PaymentRejected("ACQ.PAYMENT_AUTH_CODE_INVALID", "not a payment code (digits only); not sent")
+        biz = self._order_biz(order)
+        biz.update(scene="bar_code", auth_code=code, product_code="FACE_TO_FACE_PAYMENT")
+        try:
+            return pay_result(await self._call(PAY, biz), order)
+        except PaymentError as exc:
+            # The code is a bearer credential for a minute: keep it out of logs even when a gateway
+            # echoes it (the signature-error text quotes the whole signed request).
+            raise chk.masked(exc, code) from None
 
     async def query(self, order: Order) -> PaymentStatus:
         method = "alipay.trade.query"
         data = await self._call(method, {"out_trade_no": order.order_id})
-        code = _code(data)
-        if code == BUSINESS_FAILED and _sub_code(data) == TRADE_NOT_EXIST:
+        code = chk.result_code(data)
+        if code == BUSINESS_FAILED and chk.sub_code(data) == TRADE_NOT_EXIST:
             # A precreated QR nobody scanned yet does not exist as a trade at Alipay.
             return PaymentStatus(order_id=order.order_id, state=PaymentState.NOT_FOUND)
-        if code == BUSINESS_FAILED and _sub_code(data) not in RETRYABLE_SUB_CODES:
-            raise _rejected(data)
+        if code == BUSINESS_FAILED and chk.sub_code(data) not in RETRYABLE_SUB_CODES:
+            raise chk.rejected(data)
         if code != SUCCESS:
-            raise OutcomeUnknown(f"{method}: {_describe(data)}")
-        _check_order_id(method, data, order)
+            raise OutcomeUnknown(f"{method}: {chk.describe(data)}")
+        chk.check_order_id(method, data, order)
         status = data.get("trade_status")
-        trade_no = _opt_str(data.get("trade_no"))
-        if status in _PAID:
-            amount = _check_amount(method, data, "total_amount", order)
-            _check_currency(method, data, ("trans_currency", "currency"), order)
+        trade_no = chk.opt_str(data.get("trade_no"))
+        if status in PAID_STATUSES:
+            amount = chk.check_amount(method, data, "total_amount", order)
+            chk.check_currency(method, data, ("trans_currency", "currency"), order)
             return PaymentStatus(
                 order_id=order.order_id,
                 state=PaymentState.PAID,
@@ -137,17 +157,17 @@ class AlipayProvider:
     async def cancel(self, order: Order) -> CancelOutcome:
         method = "alipay.trade.cancel"
         data = await self._call(method, {"out_trade_no": order.order_id})
-        code = _code(data)
+        code = chk.result_code(data)
         if data.get("retry_flag") == "Y":
-            raise OutcomeUnknown(f"{method}: gateway asks to retry ({_describe(data)})")
-        if code == BUSINESS_FAILED and _sub_code(data) == TRADE_NOT_EXIST:
+            raise OutcomeUnknown(f"{method}: gateway asks to retry ({chk.describe(data)})")
+        if code == BUSINESS_FAILED and chk.sub_code(data) == TRADE_NOT_EXIST:
             return CancelOutcome(order_id=order.order_id, refunded=False)
-        if code == BUSINESS_FAILED and _sub_code(data) not in RETRYABLE_SUB_CODES:
-            raise _rejected(data)
+        if code == BUSINESS_FAILED and chk.sub_code(data) not in RETRYABLE_SUB_CODES:
+            raise chk.rejected(data)
         if code != SUCCESS:
-            raise OutcomeUnknown(f"{method}: {_describe(data)}")
+            raise OutcomeUnknown(f"{method}: {chk.describe(data)}")
         if "out_trade_no" in data:
-            _check_order_id(method, data, order)
+            chk.check_order_id(method, data, order)
         action = data.get("action")
         if action == "refund":
             return CancelOutcome(order_id=order.order_id, refunded=True)
@@ -169,16 +189,16 @@ class AlipayProvider:
         if order.currency != "CNY":
             biz["refund_currency"] = order.currency
         data = await self._call(method, biz)
-        code = _code(data)
-        if code == BUSINESS_FAILED and _sub_code(data) not in RETRYABLE_SUB_CODES:
-            raise _rejected(data)
+        code = chk.result_code(data)
+        if code == BUSINESS_FAILED and chk.sub_code(data) not in RETRYABLE_SUB_CODES:
+            raise chk.rejected(data)
         if code != SUCCESS:
-            raise OutcomeUnknown(f"{method}: {_describe(data)}")
-        _check_order_id(method, data, order)
+            raise OutcomeUnknown(f"{method}: {chk.describe(data)}")
+        chk.check_order_id(method, data, order)
         # refund_fee is the trade's total refunded so far; we only ever refund in full, so it must
         # equal the order amount whether this call moved money (fund_change Y) or a retry (N) did.
-        _check_amount(method, data, "refund_fee", order)
-        _check_currency(method, data, ("refund_currency",), order)
+        chk.check_amount(method, data, "refund_fee", order)
+        chk.check_currency(method, data, ("refund_currency",), order)
         return RefundOutcome(order_id=order.order_id, refund_id=refund_id, amount_minor=order.amount_minor)
 
     async def aclose(self) -> None:
@@ -186,6 +206,18 @@ class AlipayProvider:
             await self._client.aclose()
 
     # ------------------------------------------------------------ transport
+
+    def _order_biz(self, order: Order) -> dict[str, str]:
+        biz: dict[str, str] = {
+            "out_trade_no": order.order_id,
+            "total_amount": to_decimal_text(order.amount_minor, order.currency),
+            "subject": order.subject,
+        }
+        if order.currency != "CNY":
+            biz["trans_currency"] = order.currency  # overseas merchants price in their currency
+        if self._config.seller_id:
+            biz["seller_id"] = self._config.seller_id
+        return biz
 
     def _request_params(self, method: str, biz: dict[str, str]) -> dict[str, str]:
         params = {
@@ -224,66 +256,11 @@ class AlipayProvider:
             raise OutcomeUnknown(f"{method}: unexpected response: {exc}") from None
         if signed.sign is None:
             # Alipay leaves some gateway errors unsigned; report the code, but trust nothing.
-            raise OutcomeUnknown(f"{method}: unsigned response ({_describe(signed.data)})")
+            raise OutcomeUnknown(f"{method}: unsigned response ({chk.describe(signed.data)})")
         if not rsa2.verify(signed.raw, signed.sign, self._alipay_key):
             raise OutcomeUnknown(f"{method}: response signature does not verify")
-        log.debug("%s %s -> %s", method, biz.get("out_trade_no"), _describe(signed.data))
+        log.debug("%s %s -> %s", method, biz.get("out_trade_no"), chk.describe(signed.data))
         return signed.data
-
-
-def _code(data: dict[str, Any]) -> str:
-    code = data.get("code")
-    return code if isinstance(code, str) else ""
-
-
-def _sub_code(data: dict[str, Any]) -> str:
-    sub = data.get("sub_code")
-    return sub if isinstance(sub, str) else ""
-
-
-def _opt_str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _describe(data: dict[str, Any]) -> str:
-    parts = [str(data.get(k))[:120] for k in ("code", "msg", "sub_code", "sub_msg") if data.get(k)]
-    return " ".join(parts) or "empty response"
-
-
-def _rejected(data: dict[str, Any]) -> PaymentRejected:
-    msg = data.get("sub_msg") or data.get("msg") or ""
-    return PaymentRejected(_sub_code(data) or _code(data), str(msg)[:200])
-
-
-def _check_order_id(method: str, data: dict[str, Any], order: Order) -> None:
-    got = data.get("out_trade_no")
-    if got != order.order_id:
-        raise OutcomeUnknown(f"{method}: response is for order {got!r}, not {order.order_id!r}")
-
-
-def _check_amount(method: str, data: dict[str, Any], field: str, order: Order) -> int:
-    text = data.get(field)
-    if not isinstance(text, str):
-        raise OutcomeUnknown(f"{method}: response has no {field}")
-    try:
-        amount = from_decimal_text(text, order.currency)
-    except AmountError as exc:
-        raise OutcomeUnknown(f"{method}: {field} {exc}") from None
-    if amount != order.amount_minor:
-        raise OutcomeUnknown(
-            f"{method}: {field} {text} does not match the order's "
-            f"{to_decimal_text(order.amount_minor, order.currency)} {order.currency}"
-        )
-    return amount
-
-
-def _check_currency(method: str, data: dict[str, Any], fields: tuple[str, ...], order: Order) -> None:
-    # Absent means the trade is in the currency we created it with (CNY unless we sent
-    # trans_currency); present, it must be exactly ours.
-    for field in fields:
-        got = data.get(field)
-        if got is not None and got != order.currency:
-            raise OutcomeUnknown(f"{method}: {field} {got!r} is not the order's {order.currency}")
 
 
 def provider_from_config(config: KioskConfig, *, client: httpx.AsyncClient | None = None) -> AlipayProvider:

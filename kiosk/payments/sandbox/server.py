@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 GATEWAY_PATH = "/gateway.do"
 METHODS: dict[str, Callable[[Ledger, dict[str, Any]], Response]] = {
     "alipay.trade.precreate": Ledger.precreate,
+    "alipay.trade.pay": Ledger.pay,
     "alipay.trade.query": Ledger.query,
     "alipay.trade.cancel": Ledger.cancel,
     "alipay.trade.refund": Ledger.refund,
@@ -107,15 +108,19 @@ def _shifted_amount(text: Any, currency: str) -> Any:
 
 
 def apply_content_fault(response: Response, fault: str) -> Response:
-    """wrong_amount / wrong_order_id: a well-signed answer that is about something else."""
+    """wrong_amount / wrong_order_id / wrong_currency: a well-signed answer about something else."""
     out = dict(response)
+    currency_key = "refund_currency" if "refund_fee" in out else "trans_currency"
+    currency = str(out.get(currency_key) or "CNY")
     if fault == "wrong_amount":
-        currency = str(out.get("trans_currency") or out.get("refund_currency") or "CNY")
         for key in ("total_amount", "refund_fee"):
             if key in out:
                 out[key] = _shifted_amount(out[key], currency)
     elif fault == "wrong_order_id":
         out["out_trade_no"] = str(out.get("out_trade_no", "")) + "X"
+    elif fault == "wrong_currency" and out.get("code") in ("10000", "10003"):
+        # Same figures, another currency: an absent field means CNY, so name one that is not ours.
+        out[currency_key] = "HKD" if currency != "HKD" else "USD"
     return out
 
 
@@ -251,7 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.fault == "http_500":
             page = b"<html><body><h1>500 Internal Server Error</h1></body></html>"
             self._send(500, "text/html;charset=utf-8", page)
-        elif fault.fault in ("wrong_amount", "wrong_order_id"):
+        elif fault.fault in ("wrong_amount", "wrong_order_id", "wrong_currency"):
             self._alipay(key, apply_content_fault(response, fault.fault))
         elif fault.fault in ("bad_signature", "unsigned"):
             self._alipay(key, response, signature=fault.fault)
