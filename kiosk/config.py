@@ -215,6 +215,7 @@ class CitconConfig(Strict):
     api_key_file: Path
     timeout_s: float = Field(default=10, gt=0, le=120)
     poll_interval_s: float = Field(default=2, gt=0, le=30)
+    qr_method: str = Field(default="alipay", pattern=r"^[a-z0-9_]{2,32}$")  # QR wallet: alipay, wechatpay, upop
 
 
 class WalletRoutes(Strict):

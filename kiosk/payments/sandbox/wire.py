@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 PROTOCOL_MODULES: list[str] = ["kiosk.payments.sandbox.alipay_plus"]
 PROTOCOL_MODULES.append("kiosk.payments.sandbox.wechat_v3")  # WeChat Pay v3 (JSON, RSA, /v3/)
 PROTOCOL_MODULES.append("kiosk.payments.sandbox.wechat_v2")  # WeChat Pay v2 (XML, /pay/ and /secapi/)
+PROTOCOL_MODULES.append("kiosk.payments.sandbox.citcon")  # Citcon UPI (JSON, /citcon/v1/)
 
 
 @dataclass(frozen=True)
