@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kiosk import __version__
 from kiosk.config import DEFAULT_CONFIG_PATH, ConfigError, check_files, load_config
+from kiosk.demo_choices import MODES, PROVIDERS
 from kiosk.money import format_amount
 
 EXIT_CONFIG = 2
@@ -43,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=Path, default=Path("frames"), help="where to write every screen as PNG")
     demo.add_argument("--mqtt", default=None, help="broker URL to publish to, e.g. mqtt://127.0.0.1:1883")
     demo.add_argument("--config", type=Path, default=None, help="default: config/kiosk.example.toml")
+    demo.add_argument("--provider", default="alipay", choices=PROVIDERS, help="the wallet provider to sell through")
+    demo.add_argument(
+        "--mode", default="qr", choices=MODES,
+        help="qr: tourists scan the screen; code: they show their payment code; both: armed together",
+    )
 
     sandbox = sub.add_parser("sandbox", help="run the sandbox payment gateway alone")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -149,7 +155,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
     print(f"kiosk demo: {args.sales} sale(s), frames in {frames}")
     try:
         result = asyncio.run(
-            run_demo(sales=args.sales, frames=frames, mqtt=args.mqtt, config_path=config_path, out=sys.stdout)
+            run_demo(
+                sales=args.sales, frames=frames, mqtt=args.mqtt, config_path=config_path, out=sys.stdout,
+                provider=args.provider, mode=args.mode,
+            )
         )
     except ConfigError as exc:
         for problem in exc.problems:

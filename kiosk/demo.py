@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,21 +48,49 @@ class DemoResult:
         return sum(1 for s in self.sales if s.state is SaleState.DONE)
 
 
+# The wallet family a provider's sample code belongs to, for the route that sends it there.
+SAMPLE_CODES = {
+    "alipay": ("alipay_cn", "286543210987654321"),
+    "wechat_v2": ("wechat", "134567890123456789"),
+    "wechat_v3": ("wechat", "134567890123456789"),
+    "alipay_plus": ("alipay_plus", "281001123456789012345678"),
+    "citcon": ("wechat", "134567890123456789"),
+}
+
+
 def demo_config(
-    base: KioskConfig, state: Path, frames: Path, gateway_url: str, keys: Path, mqtt: str | None
+    base: KioskConfig,
+    state: Path,
+    frames: Path,
+    gateway: SandboxGateway,
+    mqtt: str | None,
+    *,
+    provider: str = "alipay",
+    mode: str = "qr",
 ) -> KioskConfig:
-    """The example config pointed at a sandbox gateway, its keys and a state directory."""
-    assert base.payments.alipay is not None
-    alipay = base.payments.alipay.model_copy(
-        update={
-            "gateway_url": gateway_url,
-            "app_private_key_file": keys / "app_private_key.pem",
-            "alipay_public_key_file": keys / "gateway_public_key.pem",
-        }
+    """The example config pointed at the sandbox gateway for one provider and scan direction."""
+    from kiosk.payments.sandbox.configs import provider_config
+
+    section = provider_config(gateway, provider)
+    routes = base.payments.routes
+    if mode in ("code", "both"):
+        family, _ = SAMPLE_CODES[provider]
+        routes = routes.model_copy(update={family: provider})
+    payments = base.payments.model_copy(
+        update={"provider": provider if mode in ("qr", "both") else None, "routes": routes, provider: section}
     )
+    config = with_state(base, state, frames, mqtt).model_copy(update={"payments": payments})
+    if mode in ("code", "both"):
+        from devices.scanner_serial import PtyOptions
+
+        config = config.model_copy(update={"scanner": PtyOptions()})
+    return config
+
+
+def with_state(base: KioskConfig, state: Path, frames: Path, mqtt: str | None) -> KioskConfig:
+    """Simulated pins, frames written to `frames`, journal and outbox under `state`."""
     return base.model_copy(
         update={
-            "payments": base.payments.model_copy(update={"alipay": alipay}),
             "display": base.display.model_copy(update={"dir": frames, "keep_frames": True}),
             "journal": base.journal.model_copy(update={"path": state / "journal.sqlite"}),
             "outbox": base.outbox.model_copy(update={"path": state / "outbox.sqlite"}),
@@ -87,9 +116,14 @@ class Timeline:
         if sale.order_id is None:
             return
         number = self._numbers.setdefault(sale.order_id, len(self._numbers) + 1)
+        code = next((a for a in reversed(sale.attempts) if a.mode.value == "code"), None)
         what = {
-            "BuyerScanned": "tourist scanned the QR; waiting for confirmation in the wallet",
+            "BuyerScanned": "the wallet asks the tourist to confirm"
+            + (" the code payment" if code and code.confirming else " (QR scanned)"),
             "Tick": "payment time is up",
+            "CodeScanned": f"charging the payment code at {code.provider}" if code else "",
+            "CodeRefused": "the wallet refused the code; the tourist may try again",
+            "OrderClosed": "the other payment order is closed at its provider",
         }.get(detail, "")
         text = f"sale {number}  {sale.slot_id}  {sale.state.value:<17}"
         if sale.state is SaleState.SELECTED:
@@ -113,14 +147,16 @@ async def run_demo(
     config_path: Path = EXAMPLE_CONFIG,
     out: TextIO,
     jam_sale: int = 2,
+    provider: str = "alipay",
+    mode: str = "qr",
 ) -> DemoResult:
     base = load_config(config_path)
     state = Path(tempfile.mkdtemp(prefix="kiosk-demo-"))
     sandbox = SandboxGateway(keys_dir=state / "keys")
     url = sandbox.start()
     timeline = Timeline(out)
-    timeline.line(f"sandbox gateway listening at {url}/gateway.do")
-    config = demo_config(base, state, frames, url + "/gateway.do", state / "keys", mqtt)
+    timeline.line(f"sandbox gateway listening at {url} ({provider}, {mode})")
+    config = demo_config(base, state, frames, sandbox, mqtt, provider=provider, mode=mode)
     app = KioskApp(config, listener=timeline)
     app_task = asyncio.create_task(app.run(), name="kiosk")
     try:
@@ -145,7 +181,14 @@ async def run_demo(
                 slot = next(s for s in slots if s.confirm is not None)
                 jam = True
             behaviour = "pays_then_jam" if jam else "pays"
-            sandbox.set_behaviour(behaviour, scan_delay_s=1.0, pay_delay_s=2.0, for_next=1)
+            # With both directions armed, tourists alternate: odd ones show their code.
+            show_code = mode == "code" or (mode == "both" and number % 2 == 1)
+            if show_code and mode == "both":
+                # The sandbox hands out tourists in order: the QR order comes first, and this
+                # tourist does not scan it.
+                sandbox.set_behaviour("never_pays", for_next=1)
+            # Code payments: the wallet asks the tourist to confirm once before it pays.
+            sandbox.set_behaviour(behaviour, scan_delay_s=1.0, pay_delay_s=2.0, pending_polls=1, for_next=1)
             machine.jammed = {slot.id} if jam else set()
             timeline.line(
                 f"tourist {number} presses {slot.id} ({slot.names.en})" + (" - the slot will jam" if jam else "")
@@ -154,7 +197,14 @@ async def run_demo(
             count = len(finished) + 1
             assert slot.button is not None
             machine.press(slot.button)
-            await _wait_for(lambda: len(finished) >= count, 60, f"sale {number} to finish")  # noqa: B023
+            if show_code:
+                await _wait_for(lambda: engine_awaiting(app), 20, "the pay screen")
+                code = fresh_code(provider)
+                timeline.line(f"tourist {number} shows a payment code to the scanner")
+                scanner = app.hardware.scanner if app.hardware else None
+                assert scanner is not None and hasattr(scanner, "scan")
+                scanner.scan(code)
+            await _wait_for(lambda: len(finished) >= count, 90, f"sale {number} to finish")  # noqa: B023
             await asyncio.sleep(config.selection.result_screen_s + 0.2)
         outbox = app.outbox
         if mqtt and outbox is not None:
@@ -172,6 +222,17 @@ async def run_demo(
         events_queued=_queued(config),
         frames=list(app.hardware.display.frames_written) if app.hardware else [],
     )
+
+
+def fresh_code(provider: str) -> str:
+    """A payment code of the provider's wallet family; codes are single-use, like real ones."""
+    _, sample = SAMPLE_CODES[provider]
+    return sample[:-8] + f"{secrets.randbelow(10**8):08d}"
+
+
+def engine_awaiting(app: KioskApp) -> bool:
+    engine = app.engine
+    return engine is not None and engine.runner.sale.state is SaleState.AWAITING_PAYMENT
 
 
 def _queued(config: KioskConfig) -> int:

@@ -89,6 +89,10 @@ class Engine:
         self.maintenance = False
 
     @property
+    def runner(self) -> SaleRunner:
+        return self._runner
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 

@@ -8,6 +8,7 @@ then the journal, the sandbox's books and the broker's messages must agree.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -196,10 +197,8 @@ class Pty:
 
     def close(self) -> None:
         for fd in (self.master, self.slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def run_cell(cell: Cell, work: Path, gateway: SandboxGateway, mqtt_url: str, deadline_s: float = 40) -> Outcome:
@@ -222,13 +221,11 @@ def run_cell(cell: Cell, work: Path, gateway: SandboxGateway, mqtt_url: str, dea
             if pty is not None and not scanned and "awaiting_payment" in states.values():
                 pty.scan(CODES[cell.provider])
                 scanned = True
-            if states and list(states.values())[0] in ("done", "refunded", "expired", "cancelled"):
+            if states and next(iter(states.values())) in ("done", "refunded", "expired", "cancelled"):
                 # Points just after the final journal write (the outbox, the after-write hook)
                 # come microseconds later: give the process the chance to reach them.
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     first.wait(1.5)
-                except subprocess.TimeoutExpired:
-                    pass
                 break
             time.sleep(0.03)
         killed = first.poll() == -signal.SIGKILL

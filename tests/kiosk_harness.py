@@ -14,14 +14,24 @@ from gpiozero.pins.mock import MockFactory
 
 from devices.sim import SimSlot, SimulatedMachine
 from kiosk.app import KioskApp
-from kiosk.config import KioskConfig, load_config
-from kiosk.demo import EXAMPLE_CONFIG, demo_config
+from kiosk.config import AlipayConfig, KioskConfig, load_config
+from kiosk.demo import EXAMPLE_CONFIG, with_state
 from kiosk.payments.sandbox import SandboxGateway
+from kiosk.payments.sandbox.gateway import DEFAULT_APP_ID
 from kiosk.sale import Sale
 
 
 def make_config(tmp_path: Path, gateway_url: str, keys: Path, mqtt: str | None, **selection: Any) -> KioskConfig:
-    config = demo_config(load_config(EXAMPLE_CONFIG), tmp_path, tmp_path / "frames", gateway_url, keys, mqtt)
+    """The example kiosk (Alipay QR) against a sandbox at gateway_url whose keys are in `keys`."""
+    base = with_state(load_config(EXAMPLE_CONFIG), tmp_path, tmp_path / "frames", mqtt)
+    alipay = AlipayConfig(
+        gateway_url=gateway_url,
+        app_id=DEFAULT_APP_ID,
+        app_private_key_file=keys / "app_private_key.pem",
+        alipay_public_key_file=keys / "gateway_public_key.pem",
+        poll_interval_s=1,
+    )
+    config = base.model_copy(update={"payments": base.payments.model_copy(update={"alipay": alipay})})
     if selection:
         config = config.model_copy(update={"selection": config.selection.model_copy(update=selection)})
     return config
