@@ -12,9 +12,9 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from gpiozero.pins.mock import MockFactory
 
@@ -34,6 +34,7 @@ class DemoResult:
     events_delivered: int
     events_queued: int
     frames: list[Path]
+    provider_orders: list[dict[str, Any]] = field(default_factory=list)  # the sandbox's books
 
     @property
     def paid(self) -> int:
@@ -214,6 +215,7 @@ async def run_demo(
         app.request_stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(app_task, 30)
+        provider_orders = sandbox.orders()
         sandbox.stop()
     assert app.engine is not None and app.link is not None
     return DemoResult(
@@ -221,6 +223,7 @@ async def run_demo(
         events_delivered=app.link.delivered,
         events_queued=_queued(config),
         frames=list(app.hardware.display.frames_written) if app.hardware else [],
+        provider_orders=provider_orders,
     )
 
 
