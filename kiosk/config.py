@@ -127,6 +127,8 @@ class Selection(Strict):
     payment_timeout_s: float = Field(default=120, gt=0, le=7200)
     # How long result screens (thank you, refunded, cancelled) stay before the idle screen.
     result_screen_s: float = Field(default=4, ge=0, le=120)
+    # After a provider error, how long the out-of-service screen stays before selling again.
+    provider_error_pause_s: float = Field(default=10, ge=0, le=600)
 
 
 # ---------------------------------------------------------------- payments

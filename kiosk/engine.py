@@ -136,7 +136,7 @@ class Engine:
             sale = await self.sell(slot_id)
             if sale.state is SaleState.CANCELLED and sale.close_reason is CloseReason.PROVIDER_ERROR:
                 await self._show_out_of_service("Payment service unavailable", "支付服务暂不可用")
-                await self._sleep_or_stop(10)
+                await self._sleep_or_stop(self._config.selection.provider_error_pause_s)
             elif self._config.selection.result_screen_s:
                 await self._sleep_or_stop(self._config.selection.result_screen_s)
             if self._reconcile is not None:
