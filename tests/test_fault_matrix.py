@@ -59,7 +59,8 @@ SCENARIOS = [
 
 def matrix_config(tmp: Path, gateway: SandboxGateway, provider: str, mode: str) -> KioskConfig:
     config = demo_config(load_config(EXAMPLE_CONFIG), tmp, tmp / "frames", gateway, None, provider=provider, mode=mode)
-    section = getattr(config.payments, provider).model_copy(update={"timeout_s": CLIENT_TIMEOUT_S, "poll_interval_s": 0.3})
+    fast = {"timeout_s": CLIENT_TIMEOUT_S, "poll_interval_s": 0.3}
+    section = getattr(config.payments, provider).model_copy(update=fast)
     selection = config.selection.model_copy(
         update={"payment_timeout_s": 6, "result_screen_s": 0, "provider_error_pause_s": 0}
     )
