@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,17 @@ def mosquitto(mosquitto_factory: MosquittoFactory) -> Mosquitto:
     broker = mosquitto_factory()
     broker.start()
     return broker
+
+
+# ---------------------------------------------------------------- power cuts (issue: money safety)
+
+
+@pytest.fixture(scope="session")
+def powerloss_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The LD_PRELOAD library that keeps only fsynced data (tests/powerloss/shim.c), built once."""
+    from tests.powerloss import ShimBuildError, build_shim
+
+    try:
+        return build_shim(tmp_path_factory.mktemp("powerloss"))
+    except ShimBuildError as exc:
+        pytest.fail(str(exc), pytrace=False)

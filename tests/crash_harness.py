@@ -125,10 +125,10 @@ height = 240
 keep_frames = false
 
 [journal]
-path = "{work}/journal.sqlite"
+path = "{work}/state/journal.sqlite"
 
 [outbox]
-path = "{work}/outbox.sqlite"
+path = "{work}/state/outbox.sqlite"
 
 [mqtt]
 url = "{mqtt_url}"
@@ -138,8 +138,9 @@ url = "{mqtt_url}"
     return path
 
 
-def start(config: Path, crash_at: str | None) -> subprocess.Popen[bytes]:
+def start(config: Path, crash_at: str | None, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "KIOSK_CRASH_AT"}
+    env.update(extra_env or {})
     if crash_at:
         env["KIOSK_CRASH_AT"] = crash_at
     return subprocess.Popen(
@@ -151,7 +152,7 @@ def start(config: Path, crash_at: str | None) -> subprocess.Popen[bytes]:
 
 
 def journal_rows(work: Path, sql: str) -> list[tuple[Any, ...]]:
-    path = work / "journal.sqlite"
+    path = work / "state" / "journal.sqlite"
     if not path.exists():
         return []
     try:
@@ -163,7 +164,7 @@ def journal_rows(work: Path, sql: str) -> list[tuple[Any, ...]]:
 
 def money_queued(work: Path) -> int | None:
     """Money events still in the outbox (None until the daemon has created it)."""
-    path = work / "outbox.sqlite"
+    path = work / "state" / "outbox.sqlite"
     if not path.exists():
         return None
     try:
@@ -201,9 +202,24 @@ class Pty:
                 os.close(fd)
 
 
-def run_cell(cell: Cell, work: Path, gateway: SandboxGateway, mqtt_url: str, deadline_s: float = 40) -> Outcome:
-    """Kill the daemon at the cell's point during its first sale, restart it, let it recover."""
-    work.mkdir(parents=True, exist_ok=True)
+def run_cell(
+    cell: Cell,
+    work: Path,
+    gateway: SandboxGateway,
+    mqtt_url: str,
+    deadline_s: float = 40,
+    power_cut_shim: Path | None = None,
+) -> Outcome:
+    """Kill the daemon at the cell's point during its first sale, restart it, let it recover.
+
+    With power_cut_shim, the first daemon runs under the fsync-tracking shim and only what it
+    fsynced survives the kill: a power cut rather than a crash."""
+    (work / "state").mkdir(parents=True, exist_ok=True)
+    shim_env: dict[str, str] | None = None
+    if power_cut_shim is not None:
+        from tests.powerloss import env_for
+
+        shim_env = env_for(power_cut_shim, work / "state", work / "durable")
     pty = Pty.open() if cell.mode == "code" else None
     config = write_config(cell, work, gateway, pty.path if pty else None, mqtt_url)
     if cell.scenario == "unpaid":
@@ -212,7 +228,7 @@ def run_cell(cell: Cell, work: Path, gateway: SandboxGateway, mqtt_url: str, dea
         gateway.set_behaviour("pays", scan_delay_s=0.1, pay_delay_s=0.2, pending_polls=1, for_next=1)
         gateway.set_behaviour("never_pays", for_next="default")
     try:
-        first = start(config, cell.point)
+        first = start(config, cell.point, shim_env)
         scanned = False
         end = time.monotonic() + deadline_s
         # Run until the kill, or until the first sale ended without reaching the point.
@@ -232,6 +248,10 @@ def run_cell(cell: Cell, work: Path, gateway: SandboxGateway, mqtt_url: str, dea
         if first.poll() is None:
             first.send_signal(signal.SIGTERM)
         first.wait(20)
+        if power_cut_shim is not None:
+            from tests.powerloss import restore_after_power_cut
+
+            restore_after_power_cut(work / "durable", work / "state")
         # The second life: recovery settles whatever the first left open.
         second = start(config, None)
         end = time.monotonic() + deadline_s
@@ -240,9 +260,12 @@ def run_cell(cell: Cell, work: Path, gateway: SandboxGateway, mqtt_url: str, dea
                 work,
                 "SELECT count(*) FROM sales WHERE state NOT IN ('done','refunded','expired','cancelled')",
             )
-            first_sale = next(iter(sale_states(work).values()), None)
+            states = list(sale_states(work).values())
+            first_sale = states[0] if states else None
+            # Ready: recovery is over and the engine offers the next sale (single-product mode).
             if (
-                first_sale in ("done", "refunded", "expired", "cancelled")
+                len(states) >= 2
+                and first_sale in ("done", "refunded", "expired", "cancelled")
                 and unsettled
                 and unsettled[0][0] <= 1
                 and money_queued(work) == 0
