@@ -312,6 +312,9 @@ class ScreensConfig(Strict):
 
 class JournalConfig(Strict):
     path: Path = Path("/var/lib/kiosk/journal.sqlite")
+    # Stop selling while the journal's file system has less free space than this: a sale that
+    # cannot be journaled must never start.
+    min_free_mb: float = Field(default=50, ge=0)
 
 
 class RecoveryPolicy(enum.StrEnum):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -120,27 +121,62 @@ class Engine:
 
     # ------------------------------------------------------------ main loop
 
+    def _pause_reason(self) -> tuple[str, str] | None:
+        if self.maintenance:
+            return "Under maintenance", "维护中"
+        if self._storage_short():
+            return "Storage full - not selling", "存储空间不足，暂停销售"
+        reason = self._can_sell()
+        return (reason, "暂停服务") if reason is not None else None
+
+    def _storage_short(self) -> bool:
+        """Less free space than a sale's journal rows need: stop before a write can fail."""
+        journal = self._config.journal
+        try:
+            free = shutil.disk_usage(journal.path.parent).free
+        except OSError:
+            return True
+        short = free < journal.min_free_mb * 1024 * 1024
+        if short:
+            log.error("journal storage has %.1f MB free (< %.1f MB): not selling", free / 2**20, journal.min_free_mb)
+        return short
+
     async def run(self) -> None:
         while not self._stop.is_set():
-            reason = "Under maintenance" if self.maintenance else self._can_sell()
-            if reason is not None:
-                await self._show_out_of_service(reason, "维护中" if self.maintenance else "暂停服务")
+            pause = self._pause_reason()
+            if pause is not None:
+                await self._show_out_of_service(*pause)
                 await self._wait_input(5)  # presses are ignored; a WAKE ends the wait early
                 continue
             await self._show_idle()
             slot_id = await self._next_selection()
             if slot_id is None:
                 break
-            if slot_id == WAKE or self.maintenance or self._can_sell() is not None:
+            if slot_id == WAKE or self._pause_reason() is not None:
                 continue
             sale = await self.sell(slot_id)
-            if sale.state is SaleState.CANCELLED and sale.close_reason is CloseReason.PROVIDER_ERROR:
-                await self._show_out_of_service("Payment service unavailable", "支付服务暂不可用")
-                await self._sleep_or_stop(self._config.selection.provider_error_pause_s)
+            if sale.close_reason is CloseReason.PROVIDER_ERROR or not sale.is_final:
+                # The provider failed us (or could not finish the sale): out of service until
+                # it answers again; reconciliation then settles what is open.
+                await self._wait_for_provider(sale)
             elif self._config.selection.result_screen_s:
                 await self._sleep_or_stop(self._config.selection.result_screen_s)
             if self._reconcile is not None:
                 await self._reconcile()
+
+    async def _wait_for_provider(self, sale: Sale) -> None:
+        """Out of service until the provider that failed answers again (probed with a query for
+        an order that does not exist: any verified answer means it is back)."""
+        name = sale.attempts[0].provider if sale.attempts else self._config.payments.provider
+        pause = max(0.5, self._config.selection.provider_error_pause_s)
+        while not self._stop.is_set():
+            await self._show_out_of_service("Payment service unavailable", "支付服务暂不可用")
+            await self._sleep_or_stop(pause)
+            if name is None or await self._runner.probe(name):
+                log.info("provider %s answers again; selling", name)
+                self.out_of_service = None
+                return
+            pause = min(pause * 2, 60.0)
 
     async def _next_selection(self) -> str | None:
         if self._config.selection.mode is SelectionMode.SINGLE:

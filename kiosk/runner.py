@@ -231,6 +231,22 @@ class SaleRunner:
         elif status.state in (PaymentState.CLOSED, PaymentState.REFUNDED):
             await self.step(ProviderClosed(now, order_id))
 
+    async def probe(self, provider_name: str) -> bool:
+        """Is the provider reachable and answering verifiably? Queries an order that never existed."""
+        provider = self._providers.get(provider_name)
+        if provider is None:
+            return False
+        currency = next(iter(self._slots.values())).currency
+        probe = Order(f"PROBE{uuid.uuid4().hex[:20]}", 1, currency, "availability probe")
+        try:
+            await provider.query(probe)
+        except PaymentRejected:
+            return True  # a verified refusal is an answer
+        except PaymentError as exc:
+            log.info("provider %s still unavailable: %s", provider_name, exc)
+            return False
+        return True
+
     async def query(self, order_id: str | None = None) -> PaymentStatus | None:
         """One status query; None when the outcome stays unknown (the caller polls again)."""
         try:
