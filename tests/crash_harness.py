@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from kiosk.payments.sandbox import SandboxGateway
 from kiosk.payments.sandbox.configs import provider_config
+from tests.kiosk_harness import ended_at_provider
 
 # A payment code per provider that its sandbox accepts (the family decides the route).
 CODES = {
@@ -307,7 +308,7 @@ def check_money(work: Path, gateway: SandboxGateway, events: list[dict[str, Any]
                 problems.append(f"{order_id} refunded twice: {view['refund_requests']}")
             if view["paid"] and view.get("refunded_minor", 0) < view["amount_minor"]:
                 kept.append(order_id)
-            elif not view["paid"] and not view["closed"]:
+            elif not ended_at_provider(view):
                 problems.append(f"{order_id} still open at the provider ({view.get('state')})")
         if state == "done" and kept != [winner]:
             problems.append(f"sale {sale_id} done but the provider kept {kept} (winner {winner})")

@@ -101,3 +101,13 @@ def sandbox_gateway(keys: Path) -> Any:
         yield gateway, url + "/gateway.do"
     finally:
         gateway.stop()
+
+
+# Provider states in which an unpaid order is over: closed, cancelled, reversed, or refused for good.
+_ENDED_UNPAID = {"PAYERROR", "FAIL", "fail", "failed", "TRADE_CLOSED", "CLOSED", "REVOKED", "CANCELLED", "cancelled"}
+
+
+def ended_at_provider(view: dict[str, Any]) -> bool:
+    """A sandbox order view that can no longer take money: paid, closed, or finally refused."""
+    states = {str(view.get(key, "")) for key in ("state", "trade_state", "status", "payment_status")}
+    return bool(view["paid"] or view["closed"] or states & _ENDED_UNPAID)

@@ -18,7 +18,7 @@ from kiosk.demo import EXAMPLE_CONFIG, demo_config, fresh_code
 from kiosk.demo_choices import PROVIDERS
 from kiosk.payments.sandbox import SandboxGateway
 from kiosk.sale import Sale, SaleState
-from tests.kiosk_harness import RunningKiosk, running_kiosk, wait_for
+from tests.kiosk_harness import RunningKiosk, ended_at_provider, running_kiosk, wait_for
 
 # The wire methods that create the payment and that query it, per provider and direction.
 METHODS = {
@@ -119,7 +119,7 @@ def check_cell(sale: Sale, orders: list[dict[str, Any]], kiosk: RunningKiosk) ->
     kiosk.machine.dropped.clear()
     kept = [oid for oid, o in books.items() if o["paid"] and o.get("refunded_minor", 0) < o["amount_minor"]]
     for oid, o in books.items():
-        if not o["paid"] and not o["closed"]:
+        if not ended_at_provider(o):
             problems.append(f"{oid} left open at the provider")
     if sale.state is SaleState.DONE:
         if not delivered:
