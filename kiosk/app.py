@@ -19,7 +19,7 @@ from kiosk.engine import Engine
 from kiosk.fleet.link import FleetLink
 from kiosk.fleet.outbox import Outbox
 from kiosk.fleet.topics import Topics
-from kiosk.hardware import Hardware, build_hardware
+from kiosk.hardware import Hardware, build_hardware, screen_renderer
 from kiosk.journal import Journal
 from kiosk.operator import KioskOperator
 from kiosk.ops.service import OpsHooks
@@ -84,15 +84,19 @@ class KioskApp:
         self.outbox = outbox = Outbox(config.outbox.path, topics)
         self.link = link = FleetLink(config.mqtt, topics, outbox, client_id=config.device.id)
         self.hardware = hw = await build_hardware(config, loop)
+        # The panel's own styling: density, colours, 1-bit, languages, CNY rates, refresh speed.
+        renderer = screen_renderer(config, hw.display.driver)
         providers = self._providers or build_providers(config)
         # Fleet: commands, alarms, telemetry, birth and desired config around the link.
         self.operator = operator = KioskOperator(self, topics, providers)
 
-        def emit_event(kind: str, data: dict[str, object], money: bool) -> None:
+        def emit_event(kind: str, data: dict[str, object], money: bool, event_id: str | None = None) -> bool:
             crashpoints.reached("outbox.before")
-            operator.agent.emit(kind, data, money)  # the outbox, plus derived events and counters
+            # the outbox, plus derived events and counters
+            stored = operator.agent.emit(kind, data, money, event_id)
             crashpoints.reached("outbox.after")
             link.notify()
+            return stored
 
         async def show(screen: Screen) -> None:
             image: Image.Image = await asyncio.to_thread(renderer.render, screen)
@@ -114,7 +118,7 @@ class KioskApp:
         self.scans = scans
         self.engine = engine = Engine(
             config, runner, journal, show, hw.buttons.presses, scans=scans, reconcile=recovery.reconcile,
-            can_sell=lambda: operator.can_sell() or self.ops.can_sell(),
+            can_sell=lambda: operator.can_sell() or self.ops.can_sell() or hw.unavailable_reason(),
         )
         runner.add_listener(engine.show_state)
         runner.add_listener(self.ops.on_sale)
