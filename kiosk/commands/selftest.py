@@ -1,4 +1,8 @@
-"""`kiosk selftest`: the technician's check of a kiosk, with the running daemon's own view."""
+"""`kiosk selftest`: the technician's check of a kiosk, with the running daemon's own view.
+
+Files, storage, clock and devices first; then, unless the daemon is running (it owns the
+hardware) or --no-hardware is given, the hardware test of `kiosk hwtest`: each relay clicked in
+turn, a test pattern, a test scan, every input read. `--simulate` runs that on simulated hardware."""
 
 from __future__ import annotations
 
@@ -16,6 +20,10 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("selftest", help="check config, files, storage, clock and devices")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
     parser.add_argument("--runtime-dir", type=Path, default=DEFAULT_RUNTIME_DIR)
+    parser.add_argument("--no-hardware", action="store_true", help="do not click relays or wait for a scan")
+    parser.add_argument("--simulate", action="store_true", help="hardware test on mock pins, PNG, pty scanner")
+    parser.add_argument("--scan-timeout", type=float, default=30.0, help="seconds to wait for a test scan")
+    parser.add_argument("--click-ms", type=int, default=150, help="how long each relay clicks")
     parser.set_defaults(func=handle)
 
 
@@ -32,6 +40,12 @@ def handle(args: argparse.Namespace) -> int:
     state = read_state(args.runtime_dir)
     if state is None:
         print(f"---- daemon: no state in {args.runtime_dir} (not running?)")
+        if not args.no_hardware:
+            from kiosk.commands import hwtest
+
+            print("---- hardware")
+            sys.stdout.flush()
+            ok &= hwtest.handler(args) == 0
         return 0 if ok else 1
     print(f"---- daemon {state.version}, pid {state.pid}, since {state.started_at}")
     print(f"{'ok  ' if state.ready else 'FAIL'} ready")
