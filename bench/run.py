@@ -106,6 +106,8 @@ def main() -> int:
         proc.wait(10)
     print(f"sale_cpu: {engine * 1000:.1f} ms CPU per sale through the engine, "
           f"{bare * 1000:.1f} ms for the bare signed round trips; ratio {engine / bare:.1f}x ({args.sales} sales)")
+    # Wallets: the daemon's overhead from a verified success to the relay vs one round trip.
+    subprocess.run([sys.executable, str(Path(__file__).with_name("bench_paid_to_relay.py"))], check=True)
     # Screens and memory (pay screen vs bare qrcode + Pillow; idle daemon RSS vs bare imports).
     subprocess.run([sys.executable, str(Path(__file__).with_name("bench_screens.py"))], check=True)
     # Fleet: outbox drain vs a bare QoS 1 publisher; simulated kiosks against one Mosquitto.

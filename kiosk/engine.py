@@ -84,6 +84,7 @@ class Engine:
         self._stop = asyncio.Event()
         self._clock = asyncio.get_running_loop().time
         self._notice: Notice | None = None
+        self._screen_behind: asyncio.Task[None] | None = None
         self.sales_finished: list[Sale] = []
         self.out_of_service: str | None = None
         self.rejected_scans = 0
@@ -163,6 +164,8 @@ class Engine:
                 await self._sleep_or_stop(self._config.selection.result_screen_s)
             if self._reconcile is not None:
                 await self._reconcile()
+        if self._screen_behind is not None:
+            await self._screen_behind
 
     async def _wait_for_provider(self, sale: Sale) -> None:
         """Out of service until the provider that failed answers again (probed with a query for
@@ -353,7 +356,7 @@ class Engine:
         products = tuple(self.product_line(s.id) for s in self._config.catalog.slots)
         single = self._config.selection.mode is SelectionMode.SINGLE
         notice = self._current_notice()
-        await self._show(
+        await self._display(
             Screen(
                 ScreenKind.IDLE,
                 products=products,
@@ -365,7 +368,7 @@ class Engine:
 
     async def _show_out_of_service(self, reason_en: str, reason_zh: str) -> None:
         self.out_of_service = reason_en
-        await self._show(Screen(ScreenKind.OUT_OF_SERVICE, reason_en=reason_en, reason_zh=reason_zh))
+        await self._display(Screen(ScreenKind.OUT_OF_SERVICE, reason_en=reason_en, reason_zh=reason_zh))
 
     async def _show_pay(self, sale: Sale, now: float, shown: tuple[object, ...] | None) -> tuple[object, ...]:
         kind = ScreenKind.CONFIRMING if sale.buyer_scanned else ScreenKind.PAY
@@ -374,7 +377,7 @@ class Engine:
         key = (kind, left, notice.en if notice else None)
         if shown != key:
             assert sale.slot_id is not None
-            await self._show(
+            await self._display(
                 Screen(
                     kind,
                     product=self.product_line(sale.slot_id),
@@ -387,15 +390,33 @@ class Engine:
             )
         return key
 
+    async def _display(self, screen: Screen) -> None:
+        """Show a screen after any screen still being drawn in the background, so none overtakes."""
+        behind, self._screen_behind = self._screen_behind, None
+        if behind is not None:
+            await behind
+        await self._show(screen)
+
+    def _display_behind(self, screen: Screen) -> None:
+        """Draw a screen without holding up the caller: the relay must not wait for Pillow."""
+        behind = self._screen_behind
+
+        async def draw() -> None:
+            if behind is not None:
+                await behind
+            await self._show(screen)
+
+        self._screen_behind = asyncio.create_task(draw(), name="screen")
+
     async def show_state(self, sale: Sale, detail: str) -> None:
         """Screens for the states a sale passes through after payment (runner listener)."""
         if sale.slot_id is None:
             return
         product = self.product_line(sale.slot_id)
         if sale.state is SaleState.PAID and detail == "PaymentVerified":
-            await self._show(Screen(ScreenKind.DELIVERING, product=product))
+            self._display_behind(Screen(ScreenKind.DELIVERING, product=product))
         elif sale.state is SaleState.REFUNDING and detail == "DeliveryFailed":
-            await self._show(
+            await self._display(
                 Screen(
                     ScreenKind.CANCELLED,
                     product=product,
@@ -409,11 +430,11 @@ class Engine:
         product = self.product_line(sale.slot_id) if sale.slot_id else None
         match sale.state:
             case SaleState.DONE:
-                await self._show(Screen(ScreenKind.THANK_YOU, product=product))
+                await self._display(Screen(ScreenKind.THANK_YOU, product=product))
             case SaleState.REFUNDED:
-                await self._show(Screen(ScreenKind.REFUNDED, product=product))
+                await self._display(Screen(ScreenKind.REFUNDED, product=product))
             case SaleState.EXPIRED:
-                await self._show(
+                await self._display(
                     Screen(
                         ScreenKind.CANCELLED,
                         product=product,
@@ -423,7 +444,7 @@ class Engine:
                 )
             case SaleState.CANCELLED:
                 if sale.close_reason is not CloseReason.PROVIDER_ERROR:
-                    await self._show(
+                    await self._display(
                         Screen(
                             ScreenKind.CANCELLED,
                             product=product,
