@@ -47,6 +47,7 @@ from kiosk.payments.base import (
     RefundOutcome,
 )
 from kiosk.payments.citcon_client import CitconAuthError, CitconClient, CitconFailure
+from kiosk.payments.secret_files import read_secret_line
 
 log = logging.getLogger(__name__)
 
@@ -286,15 +287,7 @@ def _masked(exc: PaymentError, secret: str) -> PaymentError:
 
 def load_api_key(path: Path) -> str:
     """The API key file's one line. Errors name the file and the config key, never the content."""
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise CitconConfigError(f"payments.citcon.api_key_file: file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CitconConfigError(f"payments.citcon.api_key_file: cannot read {path}: {type(exc).__name__}") from None
-    if not text or not text.isascii() or not text.isprintable() or " " in text:
-        raise CitconConfigError(f"payments.citcon.api_key_file: {path} does not hold one API key on one line")
-    return text
+    return read_secret_line(path, "payments.citcon.api_key_file", CitconConfigError)
 
 
 def provider_from_config(config: KioskConfig, *, client: httpx.AsyncClient | None = None) -> CitconProvider:

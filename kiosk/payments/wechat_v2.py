@@ -31,6 +31,7 @@ from kiosk.payments.base import (
     QrCode,
     RefundOutcome,
 )
+from kiosk.payments.secret_files import read_secret_line
 from kiosk.payments.wechat_v2_answers import (
     REFUND_RETRYABLE,
     check_money,
@@ -255,16 +256,7 @@ def _body(subject: str) -> str:
 
 
 def _read_api_key(path: Path) -> str:
-    key_name = "payments.wechat_v2.api_key_file"
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise WechatV2ConfigError(f"{key_name}: {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WechatV2ConfigError(f"{key_name}: {path} cannot be read ({type(exc).__name__})") from None
-    if not key or not key.isascii() or not key.isprintable() or " " in key:
-        raise WechatV2ConfigError(f"{key_name}: {path} does not hold an API key (one line of ASCII)")
-    return key
+    return read_secret_line(path, "payments.wechat_v2.api_key_file", WechatV2ConfigError)
 
 
 def _tls_context(config: WechatV2Config) -> ssl.SSLContext:
