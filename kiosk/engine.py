@@ -111,6 +111,10 @@ class Engine:
         self.maintenance = on
         self._presses.put_nowait(WAKE)
 
+    def wake(self) -> None:
+        """Look again now: a reason to pause selling has gone (e.g. the outbox drained)."""
+        self._presses.put_nowait(WAKE)
+
     def replace_catalog(self, catalog: Catalog) -> None:
         """Operators: new names and prices; a sale under way keeps the amount it was created with."""
         self._config = self._config.model_copy(update={"catalog": catalog})

@@ -72,6 +72,9 @@ class KioskOperator:
         self.providers = providers
         self.outbox = app.outbox
         self.link = app.link
+        # The class quotas from [outbox] (the app opens the outbox before the config is split up).
+        self.outbox.money_limit = app.config.outbox.money_limit
+        self.outbox.telemetry_limit = app.config.outbox.telemetry_limit
         self.configured = app.config.catalog
         self.catalog = app.config.catalog
         self.maintenance = False
@@ -103,6 +106,7 @@ class KioskOperator:
         logging.getLogger().addHandler(self.log_ring)
         try:
             self._restore()
+            self.agent.on_resume = lambda: self.app.engine.wake() if self.app.engine is not None else None
             supervisor = getattr(self.app.hardware, "supervisor", None)
             if supervisor is not None:
                 supervisor.add_alarm_sink(self)  # device failures and the service door, as fleet alarms

@@ -86,3 +86,35 @@ async def test_sales_during_a_long_outage_all_arrive_once(
     # Per-device sequence numbers: unique, and every gap is a dropped telemetry sample, not money.
     assert len({e["seq"] for e in events}) == 18
     store.close()
+
+
+async def test_a_full_outbox_stops_selling_with_an_alarm_and_never_drops_a_sale(
+    tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]
+) -> None:
+    broker = mosquitto_factory()  # not started: the broker is away from the start
+    with sandbox_gateway(tmp_path / "keys") as (gateway, url):
+        gateway.set_behaviour("pays", scan_delay_s=0.05, pay_delay_s=0.1, for_next="default")
+        config = with_fleet(make_config(tmp_path, url, tmp_path / "keys", None, result_screen_s=0), broker.url)
+        config = config.model_copy(update={
+            "outbox": config.outbox.model_copy(update={"money_limit": 10}),
+            "mqtt": config.mqtt.model_copy(update={"backoff_max_s": 1}),
+        })
+        async with running_kiosk(config) as kiosk:
+            outbox, engine, operator = kiosk.app.outbox, kiosk.app.engine, kiosk.app.operator
+            assert outbox is not None and engine is not None and operator is not None
+            for _ in range(10):
+                await kiosk.buy("A1")
+            assert outbox.depth(MessageClass.MONEY) == 10
+            await wait_until(lambda: operator.agent.alarms.is_raised("outbox_full"), 10, "the outbox_full alarm")
+            await wait_until(lambda: engine.out_of_service is not None, 10, "the out-of-service screen")
+            slot = config.catalog.slot("A1")
+            assert slot.button is not None
+            kiosk.machine.press(slot.button)
+            await asyncio.sleep(1.0)
+            assert len(kiosk.finished) == 10 and not engine.selling, "no sale while the outbox is full"
+            await asyncio.to_thread(broker.start)
+            await wait_until(lambda: outbox.depth(MessageClass.MONEY) == 0, 30, "the drain")
+            await wait_until(lambda: not operator.agent.alarms.is_raised("outbox_full"), 10, "the alarm cleared")
+            sale = await kiosk.buy("A1")
+            assert sale.state is SaleState.DONE
+            assert kiosk.app.link is not None and kiosk.app.link.delivered >= 11
