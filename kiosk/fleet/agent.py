@@ -87,6 +87,7 @@ class FleetAgent:
         self.telemetry_interval_s = config.telemetry_interval_s
         self.state_dir = outbox.path.parent
         self.emit_failed: str | None = None
+        self.on_resume: Callable[[], None] | None = None
         self._counters_task: asyncio.Task[None] | None = None
         self._wake_telemetry = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
@@ -169,6 +170,8 @@ class FleetAgent:
                 await self.alarms.raise_("outbox_full", "critical", f"selling paused: {reason}")
             elif self.alarms.is_raised("outbox_full"):
                 await self.alarms.clear("outbox_full")
+                if self.on_resume is not None:
+                    self.on_resume()  # the engine looks again now, not at its next check
             await asyncio.sleep(HOUSEKEEPING_S)
 
     def set_telemetry_interval(self, seconds: float) -> None:
