@@ -66,6 +66,7 @@ async def setup(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Setup]:
             public_key_file=public,
             command_max_age_s=60,
             reboot_command=["true"],
+            ha_discovery=True,
         )
         async with running_kiosk(config) as kiosk:
             link = kiosk.app.link
@@ -270,3 +271,11 @@ async def test_self_test_logs_and_rebirth(setup: Setup, caplog: pytest.LogCaptur
         birth = await rec.wait_for(lambda s: not s.retain, what="a fresh birth")
     validate("birth", birth.body)
     assert "refund" in birth.body["capabilities"]["signed_commands"]
+
+
+async def test_home_assistant_discovery_is_retained(setup: Setup) -> None:
+    async with recording(setup.broker.host, setup.broker.port, "homeassistant/#") as rec:
+        seen = await rec.wait_for(lambda s: s.retain, what="the retained discovery message")
+    assert seen.topic == f"homeassistant/device/{DEVICE}/config"
+    validate("ha-discovery", seen.body)
+    assert seen.body["cmps"]["sales_today"]["state_topic"] == TOPICS.counters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from datetime import UTC, datetime
@@ -170,3 +171,47 @@ def test_topics() -> None:
     for bad in (("kiosk/+", "f", "d"), ("kiosk/v1", "f/x", "d"), ("kiosk/v1", "f", "#"), ("", "f", "d")):
         with pytest.raises(ValueError):
             Topics(*bad)
+
+
+def test_ack_many_pending_after_and_historical_payload(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite") as box:
+        ids = [box.put_event("sale", {"n": n}, money=True) for n in range(5)]
+        first = box.pending(2)
+        assert [r.id for r in box.pending(10, after_pos=first[-1].pos)] == ids[2:]
+        assert box.last_pos() == box.pending(10)[-1].pos
+        historical = json.loads(first[0].historical_payload())
+        assert historical["historical"] is True and historical["id"] == ids[0]
+        assert box.ack_many(ids[:3]) == 3 and box.ack_many([]) == 0
+        assert [r.id for r in box.pending(10)] == ids[3:]
+
+
+def test_money_limit_marks_full_but_never_refuses_money(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite", money_limit=3) as box:
+        for n in range(2):
+            box.put_event("sale", {"n": n}, money=True)
+        assert not box.money_full
+        box.put_event("refund", {}, money=True)
+        assert box.money_full
+        box.put_event("sale", {}, money=True)  # a sale under way when it filled is still stored
+        assert box.depth(MessageClass.MONEY) == 4
+
+
+def test_nonces_are_single_use_until_they_expire_and_state_persists(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    with open_outbox(path) as box:
+        assert box.use_nonce("n1", expires=100.0, now=50.0)
+        assert not box.use_nonce("n1", expires=100.0, now=60.0)
+        box.set_state("alarms", '{"active": {}}')
+    with open_outbox(path) as box:
+        assert not box.use_nonce("n1", expires=100.0, now=70.0), "a replay after a restart is still refused"
+        assert box.use_nonce("n1", expires=300.0, now=150.0), "forgotten once it could only be stale"
+        assert box.get_state("alarms") == '{"active": {}}'
+        box.set_state("alarms", None)
+        assert box.get_state("alarms") is None
+
+
+def test_event_on_another_topic(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite") as box:
+        box.put_event("telemetry", {"uptime_s": 1}, money=False, topic=TOPICS.telemetry)
+        [record] = box.pending(1)
+    assert record.topic == "kiosk/v1/fleet-a/k-001/telemetry" and record.kind == "telemetry"
