@@ -97,21 +97,31 @@ class FleetAgent:
 
     # ------------------------------------------------------------ events from the kiosk
 
-    def emit(self, kind: str, data: dict[str, object], money: bool, topic: str | None = None) -> None:
-        """Store an event in the outbox (money ones never dropped) and wake the link."""
+    def emit(
+        self,
+        kind: str,
+        data: dict[str, object],
+        money: bool,
+        event_id: str | None = None,
+        topic: str | None = None,
+    ) -> bool:
+        """Store an event in the outbox (money ones never dropped) and wake the link.
+        False: a money event could not be stored (the journal keeps the sale unreported, so
+        recovery repeats it under the same event_id)."""
         try:
-            self.outbox.put_event(kind, data, money=money, topic=topic)
+            self.outbox.put_event(kind, data, money=money, topic=topic, event_id=event_id)
         except Exception as exc:
             # The journal still holds the sale; what cannot be recorded here must stop selling.
             if money:
                 self.emit_failed = f"{type(exc).__name__}: {exc}"
                 log.critical("outbox cannot store a %s event: %s; selling stops", kind, exc)
-                return
+                return False
             raise
         self.link.notify()
         self._derived(kind, data)
         if kind in ("sale", "refund"):
             self._schedule_counters()
+        return True
 
     def _derived(self, kind: str, data: dict[str, object]) -> None:
         """Events operators ask for by name, derived from the sale's own records."""
@@ -155,7 +165,7 @@ class FleetAgent:
         while True:
             try:
                 if self.link.address is not None:  # without a broker nobody would read them
-                    self.emit("telemetry", self.telemetry_sample(), False, self.topics.telemetry)
+                    self.emit("telemetry", self.telemetry_sample(), False, topic=self.topics.telemetry)
             except Exception:
                 log.exception("telemetry sample failed")
             self._schedule_counters()

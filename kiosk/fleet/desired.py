@@ -23,7 +23,7 @@ from kiosk.fleet.topics import Topics
 log = logging.getLogger(__name__)
 
 Publish = Callable[..., Awaitable[bool]]
-Emit = Callable[[str, dict[str, object], bool], None]
+Emit = Callable[[str, dict[str, object], bool], object]
 
 
 class DesiredConfig(BaseModel):

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kiosk.durable import created_durably, make_dirs
 from kiosk.fleet.topics import Topics
 
 SCHEMA_VERSION = 2
@@ -104,7 +105,8 @@ class Outbox:
         self.topics = topics
         self.telemetry_limit = telemetry_limit
         self.money_limit = money_limit
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
+        new = not path.exists()
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken
         # before the counter is read and two writers can never hand out the same seq.
         self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
@@ -113,6 +115,8 @@ class Outbox:
         except BaseException:
             self._db.close()
             raise
+        if new:
+            created_durably(path)  # the file's name must survive a power cut too
 
     def _setup(self) -> None:
         mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -133,11 +137,27 @@ class Outbox:
 
     # ------------------------------------------------------------------ writing
 
-    def put_event(self, kind: str, data: dict[str, object], *, money: bool, topic: str | None = None) -> str:
-        """Store one event; return its id. Raises before storing anything if data is not JSON."""
+    def put_event(
+        self,
+        kind: str,
+        data: dict[str, object],
+        *,
+        money: bool,
+        topic: str | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Store one event; return its id. Raises before storing anything if data is not JSON.
+
+        A caller that may repeat an event after a crash (the sale runner) passes a deterministic
+        event_id: a repeat still queued is not stored twice, and one already sent is de-duplicated
+        by the backend on the same id."""
         topic = topic or self.topics.event(kind)
         message_class = MessageClass.MONEY if money else MessageClass.TELEMETRY
-        event_id = uuid.uuid4().hex
+        if event_id is not None:
+            if self._db.execute("SELECT 1 FROM outbox WHERE id = ?", (event_id,)).fetchone():
+                return event_id
+        else:
+            event_id = uuid.uuid4().hex
         with self._transaction():
             seq = self._next_counter(f"seq:{self.topics.device}")
             envelope = {
