@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -154,6 +155,8 @@ class KioskOperator:
             "peripherals": peripherals,
             "providers": sorted(self.providers),
             "selection_mode": self.app.config.selection.mode.value,
+            # Which config file the kiosk runs: equal digests, equal configs (secrets are paths only).
+            "config_digest": hashlib.sha256(self.app.config.model_dump_json().encode()).hexdigest()[:16],
             "catalog": [
                 {"id": s.id, "name": s.names.en, "price": s.price, "currency": s.currency} for s in self.catalog.slots
             ],
