@@ -156,7 +156,7 @@ class KioskOperator:
             "providers": sorted(self.providers),
             "selection_mode": self.app.config.selection.mode.value,
             # Which config file the kiosk runs: equal digests, equal configs (secrets are paths only).
-            "config_digest": hashlib.sha256(self.app.config.model_dump_json().encode()).hexdigest()[:16],
+            "config_digest": hashlib.sha256(self.app.config.model_dump_json(warnings=False).encode()).hexdigest()[:16],
             "catalog": [
                 {"id": s.id, "name": s.names.en, "price": s.price, "currency": s.currency} for s in self.catalog.slots
             ],
