@@ -24,7 +24,7 @@ from tests.crash_harness import Cell, Outcome, check_money, run_cell
 PROVIDERS = [
     p for p in os.environ.get("KIOSK_CRASH_PROVIDERS", "alipay,wechat_v2,wechat_v3,alipay_plus,citcon").split(",") if p
 ]
-WORKERS = 4  # cells mostly wait on polls and process start-up
+WORKERS = 6  # cells mostly wait on polls and process start-up
 
 # Where the journal or a side effect changes, in the order a sale reaches them.
 DELIVERED_QR = [
@@ -151,7 +151,9 @@ def test_power_cut_matrix_ends_like_the_crash_matrix(
     """The same kill points, but the first daemon loses everything it did not fsync (a power cut).
     With WAL and synchronous=FULL every cell must end exactly as it does after a plain SIGKILL."""
     SandboxGateway(keys_dir=tmp_path / "keys")
-    matrix = [c for c in cells() if c.provider == "alipay"]
+    # Every kill point of the QR sale (delivered, jammed, unpaid): power loss changes what is on
+    # disk, not the provider, so one provider and direction shows it; the crash matrix covers all.
+    matrix = [c for c in cells() if c.provider == "alipay" and c.mode == "qr"]
 
     def both(cell: Cell) -> tuple[Cell, Outcome, Outcome]:
         _, crash = run_and_check(cell, tmp_path, mosquitto.url, collector)
