@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# systemd/kiosk.service restarts the daemon on this exit status (RestartForceExitStatus=).
+EXIT_RESTART_REQUESTED = 75
+
 # Fields of a slot that name hardware: fixed by the config file, never changed over MQTT.
 HARDWARE_FIELDS = ("relay", "relay_active_high", "button", "confirm", "delivery")
 STOP_DELAY_S = 0.5  # lets the reply to reboot/restart reach the broker first
@@ -203,12 +206,14 @@ class KioskOperator:
 
     async def restart(self) -> dict[str, Any]:
         """Stop cleanly (a sale under way finishes), then run again: exec the same command line,
-        or, under systemd with Restart=always, let systemd start it."""
+        or, under systemd, exit with EXIT_RESTART_REQUESTED and let systemd start it."""
         argv = [sys.executable, "-m", "kiosk", *sys.argv[1:]]
 
         def exec_again() -> None:
-            if os.environ.get("INVOCATION_ID"):  # started by systemd: it restarts us
-                return
+            if os.environ.get("INVOCATION_ID"):
+                # Started by systemd: exit with the status the unit lists in
+                # RestartForceExitStatus=, so it starts us again (Restart=on-failure alone would not).
+                os._exit(EXIT_RESTART_REQUESTED)
             log.warning("restarting: %s", " ".join(argv))
             os.execv(sys.executable, argv)
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 # shellcheck source=scripts/bootstrap.sh
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
-apt_install mosquitto fonts-wqy-microhei shellcheck systemd build-essential python3-dev python3-venv
+apt_install mosquitto fonts-wqy-microhei shellcheck systemd build-essential python3-dev python3-venv postgresql
 make_venv "[test]"
 cd "$ROOT"
 # Independent SDKs used as test oracles that clash with each other (e.g. two packages that both
