@@ -118,6 +118,7 @@ class Engine:
     def replace_catalog(self, catalog: Catalog) -> None:
         """Operators: new names and prices; a sale under way keeps the amount it was created with."""
         self._config = self._config.model_copy(update={"catalog": catalog})
+        self._runner.replace_slots({slot.id: slot for slot in catalog.slots})
         self._presses.put_nowait(WAKE)
 
     def product_line(self, slot_id: str) -> ProductLine:

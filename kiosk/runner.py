@@ -123,6 +123,11 @@ class SaleRunner:
         # by the recovery policy, not delivered on the spot.
         self.hold_delivery = False
 
+    def replace_slots(self, slots: dict[str, Slot]) -> None:
+        """A new catalog from the operator: names for order subjects, delivery settings. The amount
+        of a sale under way stays the one it was created (and journaled) with."""
+        self._slots = slots
+
     @property
     def providers(self) -> dict[str, Provider]:
         return self._providers
