@@ -10,6 +10,8 @@ import pytest
 # tests/ has no __init__.py, so pytest puts it on sys.path and the helper imports as `broker`.
 from broker import Mosquitto, MosquittoMissing
 
+from kiosk.payments.sandbox import SandboxGateway
+
 # ---------------------------------------------------------------- mosquitto (fleet tests)
 
 MosquittoFactory = Callable[..., Mosquitto]
@@ -57,3 +59,25 @@ def powerloss_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return build_shim(tmp_path_factory.mktemp("powerloss"))
     except ShimBuildError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+# ---------------------------------------------------------------- the sandbox gateway
+
+
+@pytest.fixture(scope="session")
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One set of sandbox keys for the session: generating RSA keys for every protocol is slow."""
+    return tmp_path_factory.mktemp("sandbox-keys") / "keys"
+
+
+@pytest.fixture(scope="module")
+def running_gateway(keys_dir: Path) -> Iterator[SandboxGateway]:
+    """One sandbox gateway per test module, on a free loopback port."""
+    with SandboxGateway(keys_dir=keys_dir) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def gateway(running_gateway: SandboxGateway) -> SandboxGateway:
+    running_gateway.reset()  # no orders, faults or queued tourists left from the test before
+    return running_gateway

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,25 +29,6 @@ RESPONSE_FAULTS = [
     "bad_signature", "unsigned", "wrong_amount", "wrong_order_id", "wrong_currency",
     "http_500", "timeout", "drop_connection",
 ]
-
-
-@pytest.fixture(scope="session")
-def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sandbox-keys") / "keys"
-
-
-@pytest.fixture(scope="module")
-def running_gateway(keys_dir: Path) -> Iterator[SandboxGateway]:
-    gw = SandboxGateway(keys_dir=keys_dir)
-    gw.start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def gateway(running_gateway: SandboxGateway) -> SandboxGateway:
-    running_gateway.reset()  # no orders, faults or queued tourists left from the test before
-    return running_gateway
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ truth, with no money moved twice.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,17 +24,6 @@ SPOILERS = ("delay", "http_500", "bad_signature", "unsigned", "wrong_amount", "w
 TIMEOUT_S = 0.5
 SLOW = 0.8  # longer than TIMEOUT_S: a "delay" fault this long is a timeout for the kiosk
 _serial = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("keys")
-
-
-@pytest.fixture(scope="module")
-def running_gateway(keys_dir: Path) -> Iterator[SandboxGateway]:
-    with SandboxGateway(keys_dir=keys_dir) as gw:
-        yield gw
 
 
 @pytest.fixture

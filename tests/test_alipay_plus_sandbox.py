@@ -35,23 +35,6 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "kiosk.example.tom
 _serial = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("keys")
-
-
-@pytest.fixture(scope="module")
-def running_gateway(keys_dir: Path) -> Iterator[SandboxGateway]:
-    with SandboxGateway(keys_dir=keys_dir) as gw:
-        yield gw
-
-
-@pytest.fixture
-def gateway(running_gateway: SandboxGateway) -> SandboxGateway:
-    running_gateway.reset()  # no orders, no pending faults, default tourists
-    return running_gateway
-
-
 @pytest.fixture
 def wire(gateway: SandboxGateway) -> AlipayPlusWire:
     return wire_of(gateway)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -21,25 +20,6 @@ from kiosk.payments.base import (
 from kiosk.payments.citcon import CitconProvider
 from kiosk.payments.sandbox import SandboxGateway
 from kiosk.payments.sandbox.citcon import citcon_config
-
-
-@pytest.fixture(scope="session")
-def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sandbox") / "keys"
-
-
-@pytest.fixture(scope="module")
-def running_gateway(keys_dir: Path) -> Iterator[SandboxGateway]:
-    gw = SandboxGateway(keys_dir=keys_dir)
-    gw.start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def gateway(running_gateway: SandboxGateway) -> SandboxGateway:
-    running_gateway.reset()  # no orders, faults or queued tourists left from the test before
-    return running_gateway
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,6 @@ RESPONSE_FAULTS = [
     "http_500", "timeout", "drop_connection",
 ]
 TRANSPORT_FAULTS = ["bad_signature", "unsigned", "http_500", "timeout", "drop_connection"]
-
-
-@pytest.fixture(scope="session")
-def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sandbox") / "keys"
-
-
-@pytest.fixture(scope="module")
-def running_gateway(keys_dir: Path) -> Iterator[SandboxGateway]:
-    gw = SandboxGateway(keys_dir=keys_dir)
-    gw.start()
-    yield gw
-    gw.stop()
 
 
 @pytest.fixture

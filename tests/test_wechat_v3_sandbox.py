@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,6 @@ TIMEOUT_S = 1.0
 SPOILED = ("http_500", "bad_signature", "unsigned", "drop_connection", "timeout", "delay")
 CONTENT = ("wrong_amount", "wrong_order_id", "wrong_currency")
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "kiosk.example.toml"
-
-
-@pytest.fixture(scope="module")
-def running_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxGateway]:
-    # One gateway per module (loading its RSA keys takes most of a second), reset before each test.
-    gw = SandboxGateway(keys_dir=tmp_path_factory.mktemp("wechat-v3-keys"))
-    gw.start()
-    yield gw
-    gw.stop()
 
 
 @pytest.fixture
