@@ -30,7 +30,24 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-def _parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = ("run", "demo", "sandbox", "config")
+
+
+def _wants_core_command(argv: list[str]) -> bool:
+    """The daemon starts often (and the crash tests start it hundreds of times): a core command
+    does not import the other commands' modules (console, provisioning, x509, ...)."""
+    if "-h" in argv or "--help" in argv:
+        return False
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--log-level":
+            next(tokens, None)  # its value
+        elif not token.startswith("-"):
+            return token in CORE_COMMANDS
+    return False
+
+
+def _parser(all_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiosk", description="Wallet-payment kiosk firmware")
     parser.add_argument("--version", action="version", version=f"kiosk {__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
@@ -59,13 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file and list every problem")
     check.add_argument("path", nargs="?", type=Path, default=DEFAULT_CONFIG_PATH)
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if all_commands else ():
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(all_commands=not _wants_core_command(argv)).parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
