@@ -61,6 +61,7 @@ def _parser(all_commands: bool = True) -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=Path, default=Path("frames"), help="where to write every screen as PNG")
     demo.add_argument("--mqtt", default=None, help="broker URL to publish to, e.g. mqtt://127.0.0.1:1883")
     demo.add_argument("--config", type=Path, default=None, help="default: config/kiosk.example.toml")
+    demo.add_argument("--stay", action="store_true", help="keep the kiosk running after the sales until Ctrl-C")
     demo.add_argument("--provider", default="alipay", choices=PROVIDERS, help="the wallet provider to sell through")
     demo.add_argument(
         "--mode", default="qr", choices=MODES,
@@ -166,18 +167,24 @@ def run_daemon(path: Path) -> int:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     from kiosk.app import StartupError
-    from kiosk.demo import EXAMPLE_CONFIG, print_summary, run_demo
+    from kiosk.demo import EXAMPLE_CONFIG, DemoResult, print_summary, run_demo
 
     frames: Path = args.frames.resolve()
     config_path: Path = args.config or EXAMPLE_CONFIG
     print(f"kiosk demo: {args.sales} sale(s), frames in {frames}")
-    try:
-        result = asyncio.run(
-            run_demo(
-                sales=args.sales, frames=frames, mqtt=args.mqtt, config_path=config_path, out=sys.stdout,
-                provider=args.provider, mode=args.mode,
-            )
+    async def demo() -> DemoResult:
+        stay: asyncio.Event | None = None
+        if args.stay:
+            stay = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, stay.set)
+        return await run_demo(
+            sales=args.sales, frames=frames, mqtt=args.mqtt, config_path=config_path, out=sys.stdout,
+            provider=args.provider, mode=args.mode, stay=stay,
         )
+
+    try:
+        result = asyncio.run(demo())
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{config_path}: {problem}", file=sys.stderr)

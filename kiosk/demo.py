@@ -150,6 +150,7 @@ async def run_demo(
     jam_sale: int = 2,
     provider: str = "alipay",
     mode: str = "qr",
+    stay: asyncio.Event | None = None,
 ) -> DemoResult:
     base = load_config(config_path)
     state = Path(tempfile.mkdtemp(prefix="kiosk-demo-"))
@@ -207,6 +208,10 @@ async def run_demo(
                 scanner.scan(code)
             await _wait_for(lambda: len(finished) >= count, 90, f"sale {number} to finish")  # noqa: B023
             await asyncio.sleep(config.selection.result_screen_s + 0.2)
+        if stay is not None:
+            # The operator's walkthrough: the kiosk stays up (and on the broker) until Ctrl-C.
+            timeline.line("the demo kiosk keeps running; press Ctrl-C to stop it")
+            await stay.wait()
         outbox = app.outbox
         if mqtt and outbox is not None:
             with contextlib.suppress(TimeoutError):
