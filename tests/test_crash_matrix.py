@@ -62,14 +62,30 @@ UNPAID = [
 ]
 
 
+# KIOSK_CRASH_FULL=1 runs every kill point for every provider (280 cells, ~10 min on two cores).
+# CI runs every kill point for Alipay, and for the other providers the points where their own
+# protocol decides the outcome: around each of their calls, and where recovery must ask them.
+FULL = os.environ.get("KIOSK_CRASH_FULL") == "1"
+PROVIDER_FACING = {
+    "provider.after:create_qr", "provider.after:charge_code", "provider.after:query_paid",
+    "journal.after:paid", "journal.after:delivering", "journal.after:awaiting_payment@2",
+    "provider.before:refund", "provider.after:refund", "journal.after:closing", "provider.after:cancel",
+}
+
+
 def cells() -> list[Cell]:
     out: list[Cell] = []
     for provider in PROVIDERS:
+        everything = FULL or provider == "alipay"
+
+        def keep(points: list[str]) -> list[str]:
+            return points if everything else [p for p in points if p in PROVIDER_FACING]  # noqa: B023
+
         for mode, delivered in (("qr", DELIVERED_QR), ("code", DELIVERED_CODE)):
-            out += [Cell(p, provider, mode, "delivered") for p in delivered]
-            out += [Cell(p, provider, mode, "jammed") for p in JAMMED]
+            out += [Cell(p, provider, mode, "delivered") for p in keep(delivered)]
+            out += [Cell(p, provider, mode, "jammed") for p in keep(JAMMED)]
             if mode == "qr":
-                out += [Cell(p, provider, mode, "unpaid") for p in UNPAID]
+                out += [Cell(p, provider, mode, "unpaid") for p in keep(UNPAID)]
     return out
 
 
@@ -154,6 +170,8 @@ def test_power_cut_matrix_ends_like_the_crash_matrix(
     # Every kill point of the QR sale (delivered, jammed, unpaid): power loss changes what is on
     # disk, not the provider, so one provider and direction shows it; the crash matrix covers all.
     matrix = [c for c in cells() if c.provider == "alipay" and c.mode == "qr"]
+    if not FULL:
+        matrix = [c for c in matrix if c.point.startswith("journal.") and c.scenario == "delivered"]
 
     def both(cell: Cell) -> tuple[Cell, Outcome, Outcome]:
         _, crash = run_and_check(cell, tmp_path, mosquitto.url, collector)

@@ -62,7 +62,7 @@ def matrix_config(tmp: Path, gateway: SandboxGateway, provider: str, mode: str) 
     fast = {"timeout_s": CLIENT_TIMEOUT_S, "poll_interval_s": 0.3}
     section = getattr(config.payments, provider).model_copy(update=fast)
     selection = config.selection.model_copy(
-        update={"payment_timeout_s": 6, "result_screen_s": 0, "provider_error_pause_s": 0}
+        update={"payment_timeout_s": 3.5, "result_screen_s": 0, "provider_error_pause_s": 0}
     )
     display = config.display.model_copy(update={"keep_frames": False})
     return config.model_copy(

@@ -13,7 +13,7 @@ from tests.soak import soak
 
 @pytest.mark.timeout(1200)
 async def test_soak_keeps_every_sale_whole(tmp_path: Path) -> None:
-    sales = int(os.environ.get("KIOSK_SOAK_SALES", "30"))
+    sales = int(os.environ.get("KIOSK_SOAK_SALES", "16"))
     report = await soak(tmp_path, sales, seed=int(os.environ.get("KIOSK_SOAK_SEED", "7")))
     print("\n" + report.summary())
     assert report.sales == sales
