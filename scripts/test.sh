@@ -21,4 +21,4 @@ for requirements in tests/oracles/*.txt; do
 done
 echo "== ruff";   "$VENV/bin/ruff" check kiosk devices tests bench
 echo "== mypy";   "$VENV/bin/mypy"
-echo "== pytest"; "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+echo "== pytest"; "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=20 "$@"
