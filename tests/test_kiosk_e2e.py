@@ -57,7 +57,10 @@ async def test_a_full_sale_is_paid_delivered_journaled_and_published(tmp_path: P
         journal = Journal(config.journal.path)
         record = journal.get(sale.order_id or "")
         assert record is not None and record.state is SaleState.DONE
-        states = [e.state for e in journal.events(record.order_id)]
+        # Attempt updates (the tourist scanned the QR) add rows in the same state: compare the
+        # sequence of states the sale went through.
+        rows = [e.state for e in journal.events(record.order_id)]
+        states = [s for i, s in enumerate(rows) if i == 0 or s != rows[i - 1]]
         assert states == [
             SaleState.SELECTED, SaleState.AWAITING_PAYMENT, SaleState.PAID, SaleState.DELIVERING, SaleState.DONE
         ]
