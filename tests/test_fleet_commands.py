@@ -274,6 +274,10 @@ async def test_self_test_logs_and_rebirth(setup: Setup, caplog: pytest.LogCaptur
 
 
 async def test_home_assistant_discovery_is_retained(setup: Setup) -> None:
+    # Discovery goes out at the end of the connect sequence; a subscriber already there gets it
+    # live (retain flag off). Once it is out, a new subscriber must get the retained copy.
+    async with recording(setup.broker.host, setup.broker.port, "homeassistant/#") as rec:
+        await rec.wait_for(lambda s: True, what="the discovery message")
     async with recording(setup.broker.host, setup.broker.port, "homeassistant/#") as rec:
         seen = await rec.wait_for(lambda s: s.retain, what="the retained discovery message")
     assert seen.topic == f"homeassistant/device/{DEVICE}/config"
