@@ -16,6 +16,7 @@ from devices.sim import SimSlot, SimulatedMachine
 from kiosk.app import KioskApp
 from kiosk.config import AlipayConfig, KioskConfig, load_config
 from kiosk.demo import EXAMPLE_CONFIG, with_state
+from kiosk.payments.base import Order, PaymentState, PaymentStatus, Provider
 from kiosk.payments.sandbox import SandboxGateway
 from kiosk.payments.sandbox.gateway import DEFAULT_APP_ID
 from kiosk.sale import Sale
@@ -111,3 +112,15 @@ def ended_at_provider(view: dict[str, Any]) -> bool:
     """A sandbox order view that can no longer take money: paid, closed, or finally refused."""
     states = {str(view.get(key, "")) for key in ("state", "trade_state", "status", "payment_status")}
     return bool(view["paid"] or view["closed"] or states & _ENDED_UNPAID)
+
+
+async def query_until(provider: Provider, order: Order, state: PaymentState, timeout: float = 5.0) -> PaymentStatus:
+    """Query until the order reaches `state`; fail if it is PAID first or the time runs out."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status = await provider.query(order)
+        if status.state is state:
+            return status
+        assert status.state is not PaymentState.PAID, "paid before expected"
+        assert asyncio.get_running_loop().time() < deadline, f"still {status.state} after {timeout}s"
+        await asyncio.sleep(0.03)

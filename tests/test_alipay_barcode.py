@@ -19,9 +19,9 @@ from kiosk.payments.base import (
     PaymentMode,
     PaymentRejected,
     PaymentState,
-    PaymentStatus,
 )
 from kiosk.payments.sandbox import SandboxGateway
+from tests.kiosk_harness import query_until as until
 
 PAY = "alipay.trade.pay"
 QUERY = "alipay.trade.query"
@@ -49,17 +49,6 @@ def new_order(amount_minor: int = 350, currency: str = "USD") -> Order:
 def new_code() -> str:
     """A fresh Alipay payment code: 18 digits starting 28, never shown before in this run."""
     return f"28{os.getpid() % 10_000:04d}{next(_counter):012d}"
-
-
-async def until(provider: AlipayProvider, order: Order, state: PaymentState, timeout: float = 5.0) -> PaymentStatus:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        status = await provider.query(order)
-        if status.state is state:
-            return status
-        assert status.state is not PaymentState.PAID, "paid before expected"
-        assert asyncio.get_running_loop().time() < deadline, f"still {status.state} after {timeout}s"
-        await asyncio.sleep(0.03)
 
 
 def paying_now(gateway: SandboxGateway) -> None:

@@ -22,9 +22,9 @@ from kiosk.payments.base import (
     OutcomeUnknown,
     PaymentRejected,
     PaymentState,
-    PaymentStatus,
 )
 from kiosk.payments.sandbox import SandboxGateway, ensure_keys
+from tests.kiosk_harness import query_until as until
 
 QUERY = "alipay.trade.query"
 FAST = {"scan_delay_s": 0.1, "pay_delay_s": 0.1}
@@ -56,17 +56,6 @@ _counter = iter(range(1, 1_000_000))
 def new_order(amount_minor: int = 350, currency: str = "USD") -> Order:
     return Order(order_id=f"K{os.getpid()}-{next(_counter)}", amount_minor=amount_minor,
                  currency=currency, subject="可乐 Cola")
-
-
-async def until(provider: AlipayProvider, order: Order, state: PaymentState, timeout: float = 5.0) -> PaymentStatus:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        status = await provider.query(order)
-        if status.state is state:
-            return status
-        assert status.state is not PaymentState.PAID, "paid before expected"
-        assert asyncio.get_running_loop().time() < deadline, f"still {status.state} after {timeout}s"
-        await asyncio.sleep(0.03)
 
 
 async def paid_order(gateway: SandboxGateway, provider: AlipayProvider, **kw: int | str) -> Order:

@@ -15,11 +15,11 @@ from kiosk.payments.base import (
     PaymentMode,
     PaymentRejected,
     PaymentState,
-    PaymentStatus,
 )
 from kiosk.payments.citcon import CitconProvider
 from kiosk.payments.sandbox import SandboxGateway
 from kiosk.payments.sandbox.citcon import citcon_config
+from tests.kiosk_harness import query_until as until
 
 
 @pytest.fixture
@@ -42,17 +42,6 @@ def code_order(amount_minor: int = 350, currency: str = "USD") -> Order:
 
 def alipay_code() -> str:
     return f"28{os.getpid() % 10_000:04d}{next(_counter):012d}"
-
-
-async def until(provider: CitconProvider, order: Order, state: PaymentState, timeout: float = 5.0) -> PaymentStatus:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        status = await provider.query(order)
-        if status.state is state:
-            return status
-        assert status.state is not PaymentState.PAID, "paid before expected"
-        assert asyncio.get_running_loop().time() < deadline, f"still {status.state} after {timeout}s"
-        await asyncio.sleep(0.03)
 
 
 PaidOrder = Callable[[SandboxGateway, CitconProvider], Awaitable[Order]]
